@@ -1,0 +1,3 @@
+"""sdmcl: continual learning with Sparse Distributed Memory MLPs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,219 @@
+"""`sdmcl` command line: run | compare | report | list | data.
+
+Every mistake a user can make in a config, data file, checkpoint or output directory
+ends in one line on stderr and exit code 2; a diverged run exits with 3; a run stopped
+by SIGINT/SIGTERM writes a checkpoint and exits with 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from sdmcl.errors import DivergenceError, UserError
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{100 * x:5.1f}"
+
+
+def print_run(label: str, rd, summary: dict) -> None:
+    accs = " ".join(_fmt_pct(a) for a in summary["final_task_accuracy"])
+    print(f"{label}: final per-task accuracy (%): {accs}")
+    print(f"{label}: final average accuracy {_fmt_pct(summary['final_average_accuracy'])}%  "
+          f"forgetting {_fmt_pct(summary['forgetting'])}  BWT {100 * summary['backward_transfer']:+.1f}  "
+          f"task-aware {_fmt_pct(summary['final_task_aware_accuracy'])}%  "
+          f"({summary['seconds_per_epoch']:.3f} s/epoch)")
+    print(f"{label}: results in {rd.path} (plots in {rd.path / 'plots'})")
+
+
+def comparison_table(rows: list[tuple[str, dict]]) -> str:
+    """One row per label: mean ± s.e.m. over seeds of the headline metrics."""
+    from sdmcl.metrics import mean_sem
+
+    groups: dict[str, list[dict]] = {}
+    for label, s in rows:
+        groups.setdefault(label, []).append(s)
+    head = f"{'method':<28} {'seeds':>5} {'final avg acc %':>17} {'forgetting %':>15} {'BWT %':>14} {'s/epoch':>8}"
+    lines = [head, "-" * len(head)]
+    for label, ss in groups.items():
+        def ms(key, scale=100):
+            m, e = mean_sem([scale * s[key] for s in ss])
+            return f"{m:6.1f} ± {e:4.1f}"
+        spe = sum(s["seconds_per_epoch"] for s in ss) / len(ss)
+        lines.append(f"{label:<28} {len(ss):>5} {ms('final_average_accuracy'):>17} {ms('forgetting'):>15} "
+                     f"{ms('backward_transfer'):>14} {spe:8.3f}")
+    return "\n".join(lines)
+
+
+def run_many(runs, resume=None, progress=True) -> list[tuple[str, dict]]:
+    from sdmcl.train.engine import prepare, run
+
+    results = []
+    prepared_cache = {}
+    for label, cfg in runs:
+        key = json.dumps([cfg.data.__dict__, cfg.benchmark.__dict__, cfg.train.device], sort_keys=True, default=str)
+        if key not in prepared_cache:
+            prepared_cache.clear()  # keep at most one data set in memory
+            prepared_cache[key] = prepare(cfg)
+        prepared = prepared_cache[key]
+        prepared.cfg = cfg
+        print(f"== {label} (seed {cfg.seed}) — {cfg.model.name}"
+              + (f" + {cfg.regularizer.name}" if cfg.regularizer.name != "none" else "")
+              + f", {len(prepared.tasks)} tasks × {cfg.train.epochs_per_task} epochs on {prepared.dataset_name}")
+        rd, summary = run(cfg, resume=resume, progress=progress, prepared=prepared)
+        print_run(label, rd, summary)
+        results.append((label, summary))
+    return results
+
+
+def cmd_run(args) -> int:
+    from sdmcl.config import load_experiment, parse_config, read_yaml
+
+    if args.resume:
+        rd_path = Path(args.resume)
+        cfg_path = rd_path / "config.yaml"
+        if not cfg_path.is_file():
+            raise UserError(f"{rd_path}: not a run directory (no config.yaml); give the directory printed by `sdmcl run`")
+        cfg = parse_config(read_yaml(cfg_path))
+        from sdmcl.train.rundir import run_dir_for
+
+        if run_dir_for(cfg).resolve() != rd_path.resolve():
+            cfg.output.dir = str(rd_path.parent)
+        runs = [(cfg.name, cfg)]
+        resume = True
+    else:
+        if not args.config:
+            raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
+        runs = load_experiment(args.config, args.overrides)
+        resume = None
+    results = run_many(runs, resume=resume, progress=not args.no_progress)
+    if len(results) > 1:
+        print()
+        print(comparison_table(results))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from sdmcl.config import load_experiment
+
+    runs = []
+    for path in args.configs:
+        overrides = list(args.overrides)
+        if args.seeds:
+            overrides.append("seeds=[" + ",".join(map(str, args.seeds)) + "]")
+        for label, cfg in load_experiment(path, overrides):
+            runs.append((label if label != cfg.name or len(args.configs) == 1 else Path(path).stem, cfg))
+    results = run_many(runs, progress=not args.no_progress)
+    print()
+    table = comparison_table(results)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+def cmd_report(args) -> int:
+    rows = []
+    for d in args.run_dirs:
+        p = Path(d) / "summary.json"
+        if not p.is_file():
+            raise UserError(f"{d}: no summary.json (the run is unfinished or this is not a run directory)")
+        s = json.loads(p.read_text())
+        rows.append((s.get("name", d), s))
+    print(comparison_table(rows))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from sdmcl.data.sources import SOURCES
+    from sdmcl.models.topk import K_APPROACHES
+    from sdmcl.registry import MODELS, REGULARIZERS, load_all
+    from sdmcl.train.optim import OPTIMIZERS
+
+    load_all()
+    print("models:")
+    for name, e in sorted(MODELS.items()):
+        print(f"  {name:<14} {e.summary}")
+    print("k approaches: " + ", ".join(K_APPROACHES))
+    print("regularizers:")
+    for name, e in sorted(REGULARIZERS.items()):
+        print(f"  {name:<14} {e.summary}")
+    print("optimizers:")
+    for name, desc in OPTIMIZERS.items():
+        print(f"  {name:<14} {desc}")
+    print("data sources (benchmarks are any source split into tasks of benchmark.classes_per_task classes):")
+    for name, info in SOURCES.items():
+        desc = info.get("description", "") if isinstance(info, dict) else str(info)
+        print(f"  {name:<14} {desc}")
+    exp_dir = Path(__file__).resolve().parents[2] / "experiments"
+    if exp_dir.is_dir():
+        print(f"experiments ({exp_dir}):")
+        for p in sorted(exp_dir.glob("*.yaml")):
+            first = p.read_text().splitlines()[0].lstrip("# ").strip() if p.stat().st_size else ""
+            print(f"  {p.stem:<36} {first}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sdmcl", description="Continual learning with Sparse Distributed Memory MLPs")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train a config (or every variant × seed of an experiment file)")
+    r.add_argument("config", nargs="?", help="YAML config or experiment file")
+    r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.k=5 train.epochs_per_task=50 seeds=[0,1,2]")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="run several configs × seeds and print one table (mean ± s.e.m.)")
+    c.add_argument("configs", nargs="+", help="YAML configs/experiment files")
+    c.add_argument("--seeds", type=int, nargs="+", help="seeds for every config")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every config")
+    c.add_argument("--out", help="also write the table to this file")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    rep = sub.add_parser("report", help="table of finished runs")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="models, k approaches, regularizers, optimizers, data sources, experiments")
+    ls.set_defaults(func=cmd_list)
+
+    try:
+        from sdmcl.data import commands as data_commands
+
+        data_commands.add_parser(sub)
+    except ImportError:
+        pass
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    from sdmcl.train.engine import StopRequested
+
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"sdmcl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except DivergenceError as e:
+        print(f"sdmcl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except StopRequested:
+        print("sdmcl: stopped by signal; a checkpoint was written. Resume with the same command, or `sdmcl run --resume RUN_DIR`.",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("sdmcl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""What the engine expects of a model, and the config fields every model shares.
+
+A model is a `torch.nn.Module` whose `forward(x)` maps a batch of flattened inputs
+(B × d) to logits over all classes (B × C). It knows nothing of training loops; the
+engine calls these optional hooks when it defines them:
+
+- `apply_constraints()`      after every optimizer step and once before training
+                             (SDMLP: clamp weights ≥ 0, unit-norm address rows).
+- `before_step()`            after backward, before clipping and the optimizer step
+                             (e.g. masking gradients of frozen or pruned weights).
+- `on_epoch_start(epoch)`    `epoch` counts all epochs of the run from 0 (k schedules).
+- `on_task_start(task)` / `on_task_end(task)`   a `sdmcl.data.benchmarks.Task`.
+- `hidden(x)`                hidden activations (B × n) for neuron statistics.
+- `reset_head(num_classes)`  new output layer (continual run from a pretrained model).
+
+Models trained without gradients set `uses_gradients = False` and implement
+`fit_task(x, y)`: the engine calls it once per epoch with the task's training tensors.
+Model state that is not a parameter (GABA counters, masks) lives in registered buffers,
+so `state_dict()` checkpoints and restores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""
+
+    def check(self) -> None:
+        """Raise `ConfigError` naming the key when a value is impossible."""

@@ -1,0 +1,105 @@
+"""SDMLP: the Sparse Distributed Memory MLP of Bricken et al. (ICLR 2023).
+
+Forward for a batch x (B × d):  x ← relu(x) [positive_weights];  x ← x/‖x‖₂ [l2_norm];
+h = W₁x (no bias: rows of W₁ are neuron *addresses*);  a = TopK(h);  logits = W₂a (the
+*values*). After every optimizer step (and once at start) `apply_constraints` clamps all
+weights to ≥ 0 [positive_weights] and rescales each address row to unit L2 norm
+[l2_norm]. Each SDM component can be switched off alone for ablations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sdmcl.errors import ConfigError
+from sdmcl.models.base import ModelConfig
+from sdmcl.models.topk import KApproach, TopK
+from sdmcl.registry import register_model
+
+
+@dataclass
+class SDMLPConfig(ModelConfig):
+    name: str = "sdmlp"
+    neurons: int = 1000
+    k: int = 10
+    k_approach: KApproach = "gaba_switch"
+    gaba_switch_activations: int = 5_000_000  # T: activations for g to go from −1 to +1
+    k_max: int | None = None  # start of the linear decay (default: all neurons)
+    k_transition_epochs: int = 200
+    l2_norm: bool = True  # L2-normalise inputs and address rows
+    positive_weights: bool = True  # relu inputs, clamp weights ≥ 0
+    bias: bool = False  # hidden-layer bias (ablation)
+    output_bias: bool = False  # output-layer bias (ablation)
+
+    def check(self) -> None:
+        check_topk_fields(self)
+
+
+def check_topk_fields(cfg) -> None:
+    if cfg.neurons < 1:
+        raise ConfigError(f"model.neurons: must be >= 1, got {cfg.neurons}")
+    if not 1 <= cfg.k < cfg.neurons:
+        raise ConfigError(f"model.k: must satisfy 1 <= k < neurons ({cfg.neurons}), got {cfg.k}")
+    if cfg.gaba_switch_activations < 1:
+        raise ConfigError(f"model.gaba_switch_activations: must be >= 1, got {cfg.gaba_switch_activations}")
+    if cfg.k_max is not None and not cfg.k <= cfg.k_max <= cfg.neurons:
+        raise ConfigError(f"model.k_max: must be in k..neurons ({cfg.k}..{cfg.neurons}), got {cfg.k_max}")
+    if cfg.k_transition_epochs < 0:
+        raise ConfigError(f"model.k_transition_epochs: must be >= 0, got {cfg.k_transition_epochs}")
+
+
+class SDMLP(nn.Module):
+    def __init__(self, cfg: SDMLPConfig, input_dim: int, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.addresses = nn.Linear(input_dim, cfg.neurons, bias=cfg.bias)
+        self.topk = TopK(cfg.neurons, cfg.k, cfg.k_approach, cfg.k_max, cfg.k_transition_epochs, cfg.gaba_switch_activations)
+        self.values = nn.Linear(cfg.neurons, num_classes, bias=cfg.output_bias)
+        # training samples each neuron was active for since the engine last read it
+        self.register_buffer("activity_window", torch.zeros(cfg.neurons, dtype=torch.int64))
+        self.apply_constraints()
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.positive_weights:
+            x = torch.relu(x)
+        if self.cfg.l2_norm:
+            # clamp: an all-zero input stays zero instead of becoming NaN
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        a = self.topk(self.addresses(x))
+        if self.training:
+            self.activity_window += (a.detach() > 0).sum(0)
+        return a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.values(self.hidden(x))
+
+    def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.hidden(x)
+        return self.values(a), a
+
+    @torch.no_grad()
+    def apply_constraints(self) -> None:
+        if self.cfg.positive_weights:
+            for p in (self.addresses.weight, self.values.weight):
+                p.clamp_(min=0)  # biases (ablation only) stay signed, as in the reference
+        if self.cfg.l2_norm:
+            w = self.addresses.weight
+            w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.topk.epoch = epoch
+
+    def reset_head(self, num_classes: int) -> None:
+        old = self.values
+        self.values = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
+        if self.cfg.positive_weights:  # constrain only the new head: addresses stay bit-identical
+            with torch.no_grad():
+                self.values.weight.clamp_(min=0)
+
+
+@register_model("sdmlp", SDMLPConfig, "SDMLP: L2-normalised, non-negative, bias-free Top-K MLP (GABA switch)")
+def build(cfg: SDMLPConfig, input_dim: int, num_classes: int) -> SDMLP:
+    return SDMLP(cfg, input_dim, num_classes)

@@ -1,0 +1,90 @@
+"""The Top-K activation of the SDMLP and the Top-K MLP, with its k schedules.
+
+Input h (B × n); r = relu(h); v_j = j-th largest entry of a row of r (detached: no
+gradient flows through the threshold). Approaches (SPEC §2):
+
+- `mask`: keep the k largest entries of r, zero the rest.
+- `subtract`: relu(r − v_k); leaves k−1 neurons active, as the reference does.
+- `linear_decay_mask` / `linear_decay_subtract`: as above, with k decaying linearly per
+  epoch from k_max (default n) to k over `k_transition_epochs`.
+- `gaba_switch` (the paper's default): relu(r − g ⊙ v_{k+1}) with g_i =
+  clip(−1 + 2 c_i / T, −1, 1), where c_i counts the training samples for which neuron i
+  was active and T = `gaba_switch_activations`. At g = −1 every positive input excites
+  its neuron (no dead neurons early); once all g = +1 the layer is exact Top-K.
+  The counters are model state (a buffer: checkpointed, restored, and kept when a
+  pretrained model starts a continual run). Unlike the reference, they count only in
+  training mode, never during evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+KApproach = Literal["mask", "subtract", "linear_decay_mask", "linear_decay_subtract", "gaba_switch"]
+K_APPROACHES: tuple[str, ...] = KApproach.__args__
+
+
+def linear_decay_k(epoch: int, k_max: int, k_min: int, transition_epochs: int) -> int:
+    """k after `epoch` epochs: k_max − (k_max − k_min)·epoch/transition, floored at k_min."""
+    if transition_epochs <= 0:
+        return k_min
+    k = k_max - (k_max - k_min) * epoch / transition_epochs
+    return int(min(k_max, max(k, k_min)))
+
+
+def gaba_response(counters: torch.Tensor, switch_activations: int) -> torch.Tensor:
+    """g = clip(−1 + 2c/T, −1, 1): −1 (excite) for a silent neuron, +1 (inhibit) after T activations."""
+    return (counters.to(torch.float32) * (2.0 / switch_activations) - 1.0).clamp_(-1.0, 1.0)
+
+
+class TopK(nn.Module):
+    def __init__(
+        self,
+        neurons: int,
+        k: int,
+        approach: str = "gaba_switch",
+        k_max: int | None = None,
+        k_transition_epochs: int = 200,
+        gaba_switch_activations: int = 5_000_000,
+    ):
+        super().__init__()
+        if approach not in K_APPROACHES:
+            raise ValueError(f"unknown k approach {approach!r}")
+        self.neurons = neurons
+        self.k = k
+        self.approach = approach
+        self.k_max = neurons if k_max is None else k_max
+        self.k_transition_epochs = k_transition_epochs
+        self.gaba_switch_activations = gaba_switch_activations
+        self.epoch = 0  # set by the model's on_epoch_start hook; drives the linear decay
+        if approach == "gaba_switch":
+            self.register_buffer("gaba_counters", torch.zeros(neurons, dtype=torch.int64))
+
+    def current_k(self) -> int:
+        if self.approach.startswith("linear_decay"):
+            return linear_decay_k(self.epoch, self.k_max, self.k, self.k_transition_epochs)
+        return self.k
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(h)
+        k = self.current_k()
+        if self.approach == "gaba_switch":
+            v_k1 = torch.topk(r.detach(), k + 1, dim=1, sorted=True).values[:, -1:]
+            g = gaba_response(self.gaba_counters, self.gaba_switch_activations)
+            out = torch.relu(r - g * v_k1)
+            if self.training:
+                self.gaba_counters += (out.detach() > 0).sum(0)
+            return out
+        if k >= r.shape[1]:
+            return r
+        if self.approach.endswith("mask"):
+            vals, idx = torch.topk(r, k, dim=1, sorted=False)
+            return torch.zeros_like(r).scatter(1, idx, vals)
+        v_k = torch.topk(r.detach(), k, dim=1, sorted=True).values[:, -1:]
+        return torch.relu(r - v_k)
+
+    def extra_repr(self) -> str:
+        return f"neurons={self.neurons}, k={self.k}, approach={self.approach}"

@@ -1,0 +1,1 @@
+"""Training: the engine (tasks → epochs → steps), optimizers, checkpoints, run directories."""

@@ -1,0 +1,458 @@
+"""The training engine: tasks → epochs → minibatches, with evaluation, checkpoints, outputs.
+
+Data stays resident on the device as tensors; a minibatch is an `index_select` of a
+seeded permutation, so there is no per-sample Python and no DataLoader in the hot path.
+Randomness is derived from (seed, task, epoch) at the start of every epoch, which makes
+a resumed run draw exactly what the uninterrupted run would have drawn.
+
+Order of operations per step (hooks are optional, see models/base.py, regularizers/base.py):
+    logits = model(x); loss = CE(logits, y) + regularizer.penalty(model)
+    loss.backward(); regularizer.before_step(model, logits, y); model.before_step()
+    clip the global gradient norm; optimizer.step()
+    model.apply_constraints(); regularizer.after_step(model)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sdmcl import metrics
+from sdmcl.config import RunConfig
+from sdmcl.data.benchmarks import Task, make_tasks
+from sdmcl.errors import CheckpointError, DataError, DivergenceError
+from sdmcl.registry import MODELS, REGULARIZERS
+from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
+from sdmcl.train.optim import build_optimizer
+from sdmcl.train.rundir import RunDir, run_dir_for
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ints/strings (stable across runs and machines)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from sdmcl.errors import ConfigError
+
+        raise ConfigError(f"train.device: {name!r} requested but no CUDA device is available; use 'auto' or 'cpu'")
+    return dev
+
+
+def call_hook(obj, name: str, *args) -> None:
+    fn = getattr(obj, name, None)
+    if fn is not None:
+        fn(*args)
+
+
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    tasks: list[Task]
+    num_classes: int
+    input_dim: int
+    device: torch.device
+    dataset_name: str
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load the data and cut the tasks; raises a UserError before anything is written."""
+    from sdmcl.data.sources import load_dataset
+
+    device = pick_device(cfg.train.device)
+    data = load_dataset(cfg.data.source, path=cfg.data.path, data_dir=cfg.data.data_dir,
+                        pixel_scale=cfg.data.pixel_scale, download=cfg.data.download)
+    b = cfg.benchmark
+    tasks = make_tasks(data, b.classes_per_task, b.class_order, b.class_order_seed, b.joint, b.num_tasks, device)
+    return Prepared(cfg, tasks, data.num_classes, data.input_dim, device, data.name)
+
+
+def build_model(cfg: RunConfig, input_dim: int, num_classes: int) -> torch.nn.Module:
+    return MODELS[cfg.model.name].build(cfg.model, input_dim, num_classes)
+
+
+def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device) -> torch.nn.Module:
+    """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept."""
+    ckpt = load_checkpoint(cfg.init_from)
+    pre = ckpt["config"]
+    diffs = config_differences(pre.get("model", {}), cfg.to_dict()["model"], "model.")
+    if diffs:
+        raise CheckpointError(f"init_from {cfg.init_from}: model config differs from the pretrained one: {'; '.join(diffs)}; make them equal")
+    pre_classes, pre_dim = ckpt.get("num_classes"), ckpt.get("input_dim")
+    if pre_dim != input_dim:
+        raise DataError(f"init_from {cfg.init_from}: the pretrained model takes {pre_dim} inputs but data.source gives {input_dim}")
+    model = build_model(cfg, input_dim, pre_classes)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"init_from {cfg.init_from}: weights do not fit the model ({str(e).splitlines()[0]})") from None
+    model.reset_head(num_classes)
+    return model.to(device)
+
+
+@dataclass
+class RunState:
+    """Where a run is: everything the checkpoint must restore besides weights."""
+
+    next_task: int = 0
+    next_epoch_in_task: int = 0
+    epochs_done: int = 0
+    steps_done: int = 0
+    history: list[dict] = field(default_factory=list)
+    R: list[list[float]] = field(default_factory=list)
+    R_task_aware: list[list[float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+class StopRequested(Exception):
+    """SIGINT/SIGTERM arrived: stop at the next safe point after writing a checkpoint."""
+
+
+class Engine:
+    def __init__(self, prepared: Prepared, run_dir: RunDir, progress: bool = True, log: Callable[[str], None] = print):
+        self.p = prepared
+        self.cfg = prepared.cfg
+        self.run_dir = run_dir
+        self.log = log
+        self.progress = progress and self.cfg.output.progress
+        self.device = prepared.device
+        self.tasks = prepared.tasks
+        self.task_labels = [",".join(map(str, t.classes)) for t in self.tasks]
+        self.stop_signal: int | None = None
+
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(derived_seed(cfg.seed, "init"))
+        if cfg.init_from:
+            self.model = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device)
+        else:
+            self.model = build_model(cfg, prepared.input_dim, prepared.num_classes).to(self.device)
+        self.uses_gradients = getattr(self.model, "uses_gradients", True)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg.optim, self.params) if self.uses_gradients and self.params else None
+        self.regularizer = REGULARIZERS[cfg.regularizer.name].build(cfg.regularizer, self.model)
+        self.reg_active = cfg.regularizer.name != "none"
+        self.retain_graph = bool(getattr(self.regularizer, "needs_logits_graph", False))
+        self.state = RunState()
+        # evaluation sets: every task's test split, concatenated in task order
+        self.test_x = torch.cat([t.test_x for t in self.tasks])
+        self.test_y = torch.cat([t.test_y for t in self.tasks])
+        self.test_task = torch.cat([torch.full((len(t.test_y),), i, device=self.device) for i, t in enumerate(self.tasks)])
+        self.test_offsets = np.cumsum([0] + [len(t.test_y) for t in self.tasks])
+        self.class_task = torch.full((prepared.num_classes,), -1, dtype=torch.long, device=self.device)
+        for i, t in enumerate(self.tasks):
+            self.class_task[list(t.classes)] = i
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint_payload(self, full: bool = True) -> dict:
+        payload = {
+            "config": self.cfg.to_dict(),
+            "num_classes": self.p.num_classes,
+            "input_dim": self.p.input_dim,
+            "model": self.model.state_dict(),
+        }
+        if full:
+            payload.update(
+                optimizer=self.optimizer.state_dict() if self.optimizer else None,
+                regularizer=self.regularizer.state_dict(),
+                position=self.state.__dict__.copy(),
+            )
+        return payload
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir.checkpoint_path, self.checkpoint_payload())
+
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir.checkpoint_path, map_location=self.device)
+        diffs = config_differences(ckpt["config"], self.cfg.to_dict())
+        diffs = [d for d in diffs if not d.startswith("output.")]
+        if diffs:
+            raise CheckpointError(f"{self.run_dir.checkpoint_path}: written by a different config: {'; '.join(diffs)}; "
+                                  "delete the run directory to start over or restore the config")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            if self.optimizer is not None and ckpt.get("optimizer") is not None:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.regularizer.load_state_dict(ckpt.get("regularizer") or {})
+            self.state = RunState(**ckpt["position"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{self.run_dir.checkpoint_path}: does not fit this run ({str(e).splitlines()[0]}); delete it to start over") from None
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, num_tasks: int) -> dict:
+        """Accuracy (class-incremental and task-aware) on the test sets of the first `num_tasks` tasks."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        end = int(self.test_offsets[num_tasks])
+        correct = torch.zeros(num_tasks, device=self.device)
+        correct_aware = torch.zeros(num_tasks, device=self.device)
+        active_sum = 0.0
+        has_hidden = hasattr(model, "forward_with_hidden")
+        bs = self.cfg.train.eval_batch_size
+        for s in range(0, end, bs):
+            x, y, tid = self.test_x[s : min(s + bs, end)], self.test_y[s : min(s + bs, end)], self.test_task[s : min(s + bs, end)]
+            if has_hidden:
+                logits, h = model.forward_with_hidden(x)
+                active_sum += float((h > 0).sum())
+            else:
+                logits = model(x)
+            correct += torch.bincount(tid, weights=(logits.argmax(1) == y).float(), minlength=num_tasks)
+            # task-aware: the argmax only among the classes of the sample's own task
+            same_task = self.class_task[None, :] == tid[:, None]
+            aware = logits.masked_fill(~same_task, float("-inf")).argmax(1)
+            correct_aware += torch.bincount(tid, weights=(aware == y).float(), minlength=num_tasks)
+        model.train(was_training)
+        counts = torch.tensor(np.diff(self.test_offsets[: num_tasks + 1]), device=self.device).clamp_min(1)
+        return {
+            "task_accuracy": (correct / counts).tolist(),
+            "task_aware_accuracy": (correct_aware / counts).tolist(),
+            "active_per_input": active_sum / max(end, 1) if has_hidden else None,
+        }
+
+    def record(self, task: Task, epoch_in_task: int, train_loss: float, full: bool) -> dict:
+        st = self.state
+        ev = self.evaluate(len(self.tasks) if full else task.index + 1)
+        seen = ev["task_accuracy"][: task.index + 1]
+        entry = {
+            "task": task.index,
+            "epoch": st.epochs_done,
+            "epoch_in_task": epoch_in_task,
+            "train_loss": train_loss,
+            "seen_average_accuracy": sum(seen) / len(seen),
+            **ev,
+        }
+        window = getattr(self.model, "activity_window", None)
+        if window is not None:
+            entry["fraction_dead"] = metrics.fraction_dead(window.cpu().numpy())
+            window.zero_()
+        st.history.append(entry)
+        self.run_dir.append_metrics(entry)
+        return entry
+
+    # ------------------------------------------------------------ training
+
+    def train_epoch(self, task: Task, epoch_in_task: int) -> float:
+        cfg = self.cfg
+        st = self.state
+        model = self.model
+        seed_everything(derived_seed(cfg.seed, "epoch", task.index, epoch_in_task))
+        call_hook(model, "on_epoch_start", st.epochs_done)
+        model.train()
+        if not self.uses_gradients:
+            model.fit_task(task.train_x, task.train_y)
+            return float("nan")
+        x_all, y_all = task.train_x, task.train_y
+        n, bs = len(y_all), cfg.train.batch_size
+        gen = torch.Generator(device=self.device).manual_seed(derived_seed(cfg.seed, "order", task.index, epoch_in_task))
+        perm = torch.randperm(n, generator=gen, device=self.device)
+        opt, reg, clip = self.optimizer, self.regularizer, cfg.optim.grad_clip
+        penalize = self.reg_active
+        has_before = hasattr(model, "before_step")
+        has_constraints = hasattr(model, "apply_constraints")
+        check_each_step = self.device.type == "cpu"  # a sync per step is free on CPU
+        loss_sum = torch.zeros((), device=self.device)
+        for step, start in enumerate(range(0, n, bs)):
+            idx = perm[start : start + bs]
+            x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if penalize:
+                loss = loss + reg.penalty(model)
+            if check_each_step and not math.isfinite(loss.item()):
+                self.diverged(task, epoch_in_task, step, "the loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward(retain_graph=self.retain_graph)
+            if penalize:
+                reg.before_step(model, logits, y)
+            if has_before:
+                model.before_step()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+            opt.step()
+            if has_constraints:
+                model.apply_constraints()
+            if penalize:
+                reg.after_step(model)
+            loss_sum += loss.detach() * len(y)
+            st.steps_done += 1
+        mean_loss = float(loss_sum) / n
+        if not math.isfinite(mean_loss):
+            self.diverged(task, epoch_in_task, None, "the loss")
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            self.diverged(task, epoch_in_task, None, "a weight")
+        return mean_loss
+
+    def diverged(self, task: Task, epoch_in_task: int, step: int | None, what: str):
+        where = f"task {task.index} ({task.name}), epoch {epoch_in_task + 1}" + (f", step {step}" if step is not None else "")
+        raise DivergenceError(
+            f"training diverged: {what} became non-finite at {where}; the last good checkpoint is kept. "
+            f"Try a smaller optim.lr (now {self.cfg.optim.lr}) or enable optim.grad_clip"
+        )
+
+    def handle_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    def run(self, resume: bool) -> dict:
+        cfg, st, rd = self.cfg, self.state, self.run_dir
+        if resume:
+            self.restore()
+            st = self.state
+            rd.write_metrics(st.history)
+            self.log(f"resuming {rd.path} at task {st.next_task}, epoch {st.next_epoch_in_task}")
+        else:
+            rd.clear_results()
+        old_handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[sig] = signal.signal(sig, self.handle_signal)
+            except ValueError:  # not in the main thread
+                pass
+        try:
+            self._loop()
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+        return self.finish()
+
+    def _loop(self) -> None:
+        cfg, rd = self.cfg, self.run_dir
+        E = cfg.train.epochs_per_task
+        bar = None
+        for task in self.tasks[self.state.next_task :]:
+            st = self.state
+            if st.next_epoch_in_task == 0:
+                call_hook(self.model, "on_task_start", task)
+                self.regularizer.on_task_start(self.model, task)
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=E, initial=st.next_epoch_in_task, desc=f"task {task.index + 1}/{len(self.tasks)} [{task.name}]",
+                           unit="ep", leave=False, dynamic_ncols=True)
+            for e in range(st.next_epoch_in_task, E):
+                t0 = time.perf_counter()
+                loss = self.train_epoch(task, e)
+                st.epochs_done += 1
+                st.next_epoch_in_task = e + 1
+                last = e == E - 1
+                if not last and cfg.train.eval_every and (e + 1) % cfg.train.eval_every == 0:
+                    entry = self.record(task, e + 1, loss, full=False)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", seen_acc=f"{entry['seen_average_accuracy']:.3f}")
+                st.train_seconds += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                if not last and cfg.output.checkpoint_every and (e + 1) % cfg.output.checkpoint_every == 0:
+                    self.save()
+                if not last and self.stop_signal is not None:
+                    self.save()
+                    raise StopRequested()
+            t0 = time.perf_counter()
+            call_hook(self.model, "on_task_end", task)
+            self.regularizer.on_task_end(self.model, task)
+            entry = self.record(task, E, loss, full=True)
+            st.train_seconds += time.perf_counter() - t0
+            st.R.append(entry["task_accuracy"])
+            st.R_task_aware.append(entry["task_aware_accuracy"])
+            st.next_task, st.next_epoch_in_task = task.index + 1, 0
+            if bar is not None:
+                bar.close()
+            self.log(f"after task {task.index + 1}/{len(self.tasks)} [{task.name}]: "
+                     + " ".join(f"{a:.3f}" for a in entry["task_accuracy"]) + f"  seen avg {entry['seen_average_accuracy']:.3f}")
+            self.save()
+            if self.stop_signal is not None and task.index + 1 < len(self.tasks):
+                raise StopRequested()
+
+    def finish(self) -> dict:
+        st, rd = self.state, self.run_dir
+        R = np.array(st.R)
+        summary = {
+            "name": self.cfg.name,
+            "stamp": self.cfg.stamp(),
+            "model": self.cfg.model.name,
+            "regularizer": self.cfg.regularizer.name,
+            "seed": self.cfg.seed,
+            "dataset": self.p.dataset_name,
+            "tasks": [list(t.classes) for t in self.tasks],
+            **metrics.summarize(R),
+            "final_task_aware_accuracy": float(np.mean(st.R_task_aware[-1])),
+            "final_task_accuracy": st.R[-1],
+            "epochs": st.epochs_done,
+            "steps": st.steps_done,
+            "train_seconds": st.train_seconds,
+            "seconds_per_epoch": st.train_seconds / max(st.epochs_done, 1),
+        }
+        last = st.history[-1]
+        for key in ("fraction_dead", "active_per_input"):
+            if last.get(key) is not None:
+                summary[key] = last[key]
+        save_checkpoint(rd.model_path, self.checkpoint_payload(full=False))
+        rd.write_matrix(st.R, self.task_labels)
+        if self.cfg.output.plots:
+            self.write_plots()
+        rd.write_summary(summary)
+        return summary
+
+    def write_plots(self) -> None:
+        from sdmcl import plots
+
+        rd = self.run_dir
+        rd.plots_dir.mkdir(exist_ok=True)
+        E = self.cfg.train.epochs_per_task
+        boundaries = [E * (i + 1) for i in range(len(self.tasks) - 1)]
+        hist = [{"epoch": h["epoch"], "task_accuracy": h["task_accuracy"] + [None] * (len(self.tasks) - len(h["task_accuracy"]))}
+                for h in self.state.history]
+        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels)
+        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels)
+        dead = [{"epoch": h["epoch"], "fraction_dead": h["fraction_dead"]} for h in self.state.history if h.get("fraction_dead") is not None]
+        if dead:
+            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png")
+
+
+def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: Callable[[str], None] = print,
+        prepared: Prepared | None = None) -> tuple[RunDir, dict]:
+    """Train one config to the end (or resume it). Returns its run directory and summary.
+
+    `resume=None` resumes when the run directory holds a checkpoint, `True` requires one.
+    A finished run (summary.json present) is not trained again; its summary is returned.
+    """
+    rd = RunDir(run_dir_for(cfg))
+    if rd.is_finished() and not resume:
+        import json
+
+        log(f"{rd.path}: already finished; its summary is reused (delete the directory to run again)")
+        return rd, json.loads(rd.summary_path.read_text())
+    prepared = prepared or prepare(cfg)
+    if resume and not rd.has_checkpoint():
+        raise CheckpointError(f"{rd.path}: no checkpoint to resume from; run without --resume to start it")
+    engine = Engine(prepared, rd, progress=progress, log=log)
+    rd.create(cfg)
+    if not rd.has_checkpoint():
+        call_hook(engine.model, "apply_constraints")
+    summary = engine.run(resume=rd.has_checkpoint())
+    return rd, summary
