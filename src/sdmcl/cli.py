@@ -147,8 +147,7 @@ def cmd_list(args) -> int:
         print(f"  {name:<14} {desc}")
     print("data sources (benchmarks are any source split into tasks of benchmark.classes_per_task classes):")
     for name, info in SOURCES.items():
-        desc = info.get("description", "") if isinstance(info, dict) else str(info)
-        print(f"  {name:<14} {desc}")
+        print(f"  {name:<14} {info.description}")
     exp_dir = Path(__file__).resolve().parents[2] / "experiments"
     if exp_dir.is_dir():
         print(f"experiments ({exp_dir}):")
@@ -199,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     from sdmcl.train.engine import StopRequested
 
     try:
-        return args.func(args) or 0
+        handler = getattr(args, "func", None) or args.handler
+        return handler(args) or 0
     except UserError as e:
         print(f"sdmcl: error: {e}", file=sys.stderr)
         return e.exit_code
