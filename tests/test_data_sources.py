@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -158,8 +159,26 @@ def test_offline_download_failure_names_files_and_directory(tmp_path, monkeypatc
     assert "cifar-10-python.tar.gz" in str(err.value) and str(tmp_path / "cifar10") in str(err.value)
 
 
+def no_system_copies(monkeypatch):
+    """Hide OS-installed copies (e.g. Debian's /usr/share/datasets/fashion-mnist) from the loader."""
+    for name, info in list(sources.SOURCES.items()):
+        monkeypatch.setitem(sources.SOURCES, name, dataclasses.replace(info, system_dirs=()))
+
+
+def test_system_copy_is_used_before_downloading(tmp_path, monkeypatch):
+    staged = tmp_path / "system"
+    hashes = write_fake_mnist(staged)
+    monkeypatch.setitem(sources.IDX_SHA256, "fashion-mnist", hashes)
+    info = sources.SOURCES["fashion-mnist"]
+    monkeypatch.setitem(sources.SOURCES, "fashion-mnist", dataclasses.replace(info, system_dirs=(str(staged),)))
+    monkeypatch.setattr(sources.pooch, "retrieve", lambda *a, **k: pytest.fail("must not download"))
+    data = load_dataset("fashion-mnist", data_dir=str(tmp_path / "cache"))
+    assert data.train_x.shape[0] > 0
+
+
 def test_download_off_points_to_fetch(tmp_path, monkeypatch):
     monkeypatch.setenv("SDMCL_DATA_DIR", str(tmp_path))
+    no_system_copies(monkeypatch)
     with pytest.raises(DataError) as err:
         load_dataset("fashion-mnist", download=False)
     assert "`sdmcl data fetch fashion-mnist`" in str(err.value) and str(tmp_path / "fashion-mnist") in str(err.value)
@@ -169,6 +188,7 @@ def test_download_goes_to_cache_with_pinned_hash(tmp_path, monkeypatch):
     staged = tmp_path / "staged"
     hashes = write_fake_mnist(staged)
     monkeypatch.setitem(sources.IDX_SHA256, "fashion-mnist", hashes)
+    no_system_copies(monkeypatch)
     calls = []
 
     def fake_retrieve(url, known_hash, fname, path, progressbar):

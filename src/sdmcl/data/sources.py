@@ -50,6 +50,8 @@ class SourceInfo:
     description: str
     kind: str  # "idx" | "cifar" | "digits" | "embeddings"
     files: tuple[RemoteFile, ...] = ()
+    # directories where an OS package installs the original files (checked before downloading)
+    system_dirs: tuple[str, ...] = ()
 
     @property
     def urls(self) -> list[str]:
@@ -112,7 +114,8 @@ SOURCES: dict[str, SourceInfo] = {
     "mnist": SourceInfo("mnist", "MNIST handwritten digits, 28x28 grey, 10 classes, 60000/10000", "idx",
                         _idx_files(_MNIST_MIRRORS, _MNIST_GZ_MD5)),
     "fashion-mnist": SourceInfo("fashion-mnist", "Fashion-MNIST clothing, 28x28 grey, 10 classes, 60000/10000", "idx",
-                                _idx_files(_FASHION_MIRRORS, _FASHION_GZ_MD5)),
+                                _idx_files(_FASHION_MIRRORS, _FASHION_GZ_MD5),
+                                system_dirs=("/usr/share/datasets/fashion-mnist",)),  # Debian: dataset-fashion-mnist
     "cifar10": SourceInfo("cifar10", "CIFAR-10 photos, 3x32x32, 10 classes, 50000/10000", "cifar", (
         RemoteFile(CIFAR10.archive, ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
                    "sha256:6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),)),
@@ -209,6 +212,12 @@ def _load_idx(info, path, data_dir, pixel_scale, download, checks) -> Dataset:
     folder = Path(path).expanduser() if path else cache_dir(data_dir) / info.name
     found = [_find_idx(folder, stem) for stem in IDX_STEMS]
     missing = [f for f, p in zip(info.files, found) if p is None]
+    if missing and path is None:
+        for system_dir in map(Path, info.system_dirs):
+            in_system = [_find_idx(system_dir, stem) for stem in IDX_STEMS]
+            if all(in_system):
+                folder, found, missing = system_dir, in_system, []
+                break
     if missing and path is None and download:
         _download(info, folder, missing)
         found = [_find_idx(folder, stem) for stem in IDX_STEMS]

@@ -33,6 +33,7 @@ class SDMLPConfig(ModelConfig):
     positive_weights: bool = True  # relu inputs, clamp weights ≥ 0
     bias: bool = False  # hidden-layer bias (ablation)
     output_bias: bool = False  # output-layer bias (ablation)
+    sparse_backward: bool = True  # compute address gradients only for neurons active in the batch
 
     def check(self) -> None:
         check_topk_fields(self)
@@ -49,6 +50,29 @@ def check_topk_fields(cfg) -> None:
         raise ConfigError(f"model.k_max: must be in k..neurons ({cfg.k}..{cfg.neurons}), got {cfg.k_max}")
     if cfg.k_transition_epochs < 0:
         raise ConfigError(f"model.k_transition_epochs: must be >= 0, got {cfg.k_transition_epochs}")
+
+
+class SparseAddressProjection(torch.autograd.Function):
+    """h = x Wᵀ whose backward computes ∂L/∂W only for the rows (neurons) with a non-zero
+    gradient in the batch. After the GABA switch only ~k of n neurons are active per input,
+    so most rows of ∂L/∂W are exactly zero and need no matmul. Same values as the dense
+    gradient up to float summation order."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return x @ weight.T
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_h @ weight if ctx.needs_input_grad[0] else None
+        rows = (grad_h != 0).any(0).nonzero().squeeze(1)
+        if rows.numel() * 2 > weight.shape[0]:
+            return grad_x, grad_h.T @ x
+        grad_w = torch.zeros_like(weight)
+        grad_w.index_copy_(0, rows, grad_h.index_select(1, rows).T @ x)
+        return grad_x, grad_w
 
 
 class SDMLP(nn.Module):
@@ -68,7 +92,11 @@ class SDMLP(nn.Module):
         if self.cfg.l2_norm:
             # clamp: an all-zero input stays zero instead of becoming NaN
             x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        a = self.topk(self.addresses(x))
+        if self.cfg.sparse_backward and self.addresses.bias is None and torch.is_grad_enabled():
+            h = SparseAddressProjection.apply(x, self.addresses.weight)
+        else:
+            h = self.addresses(x)
+        a = self.topk(h)
         if self.training:
             self.activity_window += (a.detach() > 0).sum(0)
         return a

@@ -73,6 +73,8 @@ class RunDir:
             raise OutputError(f"{self.metrics_path}: could not write ({e.strerror or e}); free disk space or choose another output.dir") from None
 
     def write_matrix(self, R: list[list[float]], task_labels: list[str]) -> None:
+        """CSV: header `after_task,<classes of task 1>,...`; classes joined by '+' (e.g. 0+1)."""
+        task_labels = [label.replace(",", "+") for label in task_labels]
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["after_task"] + task_labels)

@@ -1,0 +1,106 @@
+"""Continual-learning metrics: pure functions of the accuracy matrix, and neuron statistics.
+
+R is a T × T array with R[i, j] = accuracy (a fraction in [0, 1]) on the test set of task
+j after training on task i. Every task is evaluated after every task, so R is full.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _matrix(R) -> np.ndarray:
+    R = np.asarray(R, dtype=float)
+    if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] == 0:
+        raise ValueError(f"accuracy matrix must be square and non-empty, got shape {R.shape}")
+    return R
+
+
+def final_average_accuracy(R) -> float:
+    """A_T = (1/T) Σ_j R[T−1, j]: mean accuracy over all tasks after the last one (the paper's headline)."""
+    R = _matrix(R)
+    return float(R[-1].mean())
+
+
+def average_incremental_accuracy(R) -> float:
+    """(1/T) Σ_i (1/(i+1)) Σ_{j≤i} R[i, j] (Rebuffi et al. 2017, iCaRL)."""
+    R = _matrix(R)
+    return float(np.mean([R[i, : i + 1].mean() for i in range(len(R))]))
+
+
+def learning_accuracy(R) -> float:
+    """(1/T) Σ_j R[j, j]: accuracy on each task right after learning it."""
+    R = _matrix(R)
+    return float(np.diag(R).mean())
+
+
+def forgetting(R) -> float:
+    """Average forgetting (Chaudhry et al. 2018, "Riemannian Walk for Incremental Learning").
+
+    f_j = max_{l ∈ j..T−2} R[l, j] − R[T−1, j] for each task j < T−1, averaged over those
+    tasks: how far each old task fell from its best accuracy seen before the last task
+    (only l ≥ j: a task cannot be forgotten before it is learnt). 0 for T = 1.
+    """
+    R = _matrix(R)
+    T = len(R)
+    if T == 1:
+        return 0.0
+    return float(np.mean([R[j : T - 1, j].max() - R[T - 1, j] for j in range(T - 1)]))
+
+
+def backward_transfer(R) -> float:
+    """BWT = (1/(T−1)) Σ_{j<T−1} (R[T−1, j] − R[j, j]) (Lopez-Paz & Ranzato 2017, GEM). 0 for T = 1."""
+    R = _matrix(R)
+    T = len(R)
+    if T == 1:
+        return 0.0
+    return float(np.mean([R[T - 1, j] - R[j, j] for j in range(T - 1)]))
+
+
+def forward_transfer(R, baseline) -> float:
+    """FWT = (1/(T−1)) Σ_{j≥1} (R[j−1, j] − b_j) (Lopez-Paz & Ranzato 2017), b_j the accuracy
+    of a randomly initialised model on task j. 0 for T = 1."""
+    R = _matrix(R)
+    b = np.asarray(baseline, dtype=float)
+    T = len(R)
+    if T == 1:
+        return 0.0
+    return float(np.mean([R[j - 1, j] - b[j] for j in range(1, T)]))
+
+
+def summarize(R) -> dict:
+    return {
+        "final_average_accuracy": final_average_accuracy(R),
+        "average_incremental_accuracy": average_incremental_accuracy(R),
+        "forgetting": forgetting(R),
+        "backward_transfer": backward_transfer(R),
+        "learning_accuracy": learning_accuracy(R),
+    }
+
+
+def fraction_dead(activation_counts, threshold: float = 0) -> float:
+    """Fraction of neurons whose activation count over a window is ≤ `threshold`.
+
+    With threshold 0: the neurons never active for any training input of the window
+    (the reference's dead-neuron statistic, counted over an epoch of training data).
+    """
+    c = np.asarray(activation_counts)
+    return float((c <= threshold).mean()) if c.size else 0.0
+
+
+def active_per_input(hidden) -> float:
+    """Mean number of hidden units > 0 per input (rows of `hidden`, torch or numpy)."""
+    h = hidden.detach().cpu().numpy() if hasattr(hidden, "detach") else np.asarray(hidden)
+    return float((h > 0).sum(axis=1).mean()) if len(h) else 0.0
+
+
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error of the mean, std(ddof=1)/√n (0 for a single value)."""
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), 0.0
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
