@@ -194,7 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    # key=value overrides may come after options (`run CONFIG --no-progress model.k=5`)
+    if extra:
+        if args.command == "run" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            ap.error("unrecognized arguments: " + " ".join(extra))
     from sdmcl.train.engine import StopRequested
 
     try:

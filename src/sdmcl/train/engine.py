@@ -425,8 +425,9 @@ class Engine:
         rd.plots_dir.mkdir(exist_ok=True)
         E = self.cfg.train.epochs_per_task
         boundaries = [E * (i + 1) for i in range(len(self.tasks) - 1)]
-        hist = [{"epoch": h["epoch"], "task_accuracy": h["task_accuracy"] + [None] * (len(self.tasks) - len(h["task_accuracy"]))}
-                for h in self.state.history]
+        # future tasks (evaluated at task ends for the full matrix) are not drawn before they are trained
+        hist = [{"epoch": h["epoch"], "task_accuracy": [a if j <= h["task"] else None for j, a in enumerate(h["task_accuracy"])]
+                 + [None] * (len(self.tasks) - len(h["task_accuracy"]))} for h in self.state.history]
         plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels)
         plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels)
         dead = [{"epoch": h["epoch"], "fraction_dead": h["fraction_dead"]} for h in self.state.history if h.get("fraction_dead") is not None]

@@ -1,0 +1,46 @@
+"""The command line: list, run with overrides, one-line errors."""
+
+from pathlib import Path
+
+import yaml
+
+from sdmcl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_list_names_everything(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("sdmlp", "relu_mlp", "topk_mlp", "gaba_switch", "linear_decay_mask", "sgdm", "fashion-mnist", "quickstart"):
+        assert word in out
+
+
+def test_run_experiment_prints_per_task_and_table(tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "cli", "data": {"source": "digits"},
+        "model": {"name": "sdmlp", "neurons": 50, "k": 3, "gaba_switch_activations": 500},
+        "train": {"epochs_per_task": 2, "batch_size": 64},
+        "output": {"dir": str(tmp_path / "runs"), "plots": False},
+        "variants": {"sdm": {}, "relu": {"model": {"name": "relu_mlp", "neurons": 50}}},
+    }))
+    assert main(["run", str(cfg), "--no-progress", "optim.lr=0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "sdm: final per-task accuracy" in out and "relu: final average accuracy" in out
+    assert "final avg acc %" in out  # the comparison table
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_bad_override_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    out_dir = tmp_path / "runs"
+    code = main(["run", str(ROOT / "experiments/quickstart.yaml"), f"output.dir={out_dir}", "model.k=1000"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "model.k" in err and "Traceback" not in err
+    assert not out_dir.exists()
+
+
+def test_missing_config_file(capsys):
+    assert main(["run", "no/such/file.yaml"]) == 2
+    assert "no/such/file.yaml: config file not found" in capsys.readouterr().err
