@@ -63,6 +63,7 @@ class TrainConfig:
     eval_batch_size: int = 8192
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads; null = torch's default
+    flush_denormal: bool = True  # CPU: treat floats below 1e-38 as 0 (denormals make matmuls ~10% slower)
 
 
 @dataclass

@@ -144,6 +144,8 @@ class Engine:
         cfg = self.cfg
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(cfg.train.flush_denormal)
         seed_everything(derived_seed(cfg.seed, "init"))
         if cfg.init_from:
             self.model = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device)
