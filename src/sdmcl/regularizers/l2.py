@@ -1,0 +1,48 @@
+"""L2 to the previous task's weights (identity importance): penalty λ Σ (θ − θ*)², θ* the
+weights at the end of the last finished task. Reference: λ = 10 (MNIST), 30 (CIFAR)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sdmcl.errors import ConfigError
+from sdmcl.registry import register_regularizer
+from sdmcl.regularizers.base import Regularizer, RegularizerConfig, snapshot, trainable
+
+
+@dataclass
+class L2Config(RegularizerConfig):
+    name: str = "l2"
+    lam: float = 10.0
+
+    def check(self) -> None:
+        if self.lam < 0:
+            raise ConfigError(f"regularizer.lam: must be >= 0, got {self.lam}")
+
+
+class L2(Regularizer):
+    def __init__(self, cfg: L2Config, model):
+        super().__init__(cfg, model)
+        self.anchor: list[torch.Tensor] | None = None
+
+    def on_task_end(self, model, task) -> None:
+        self.anchor = snapshot(model)
+
+    def penalty(self, model):
+        if self.anchor is None:
+            return 0.0
+        params = [p for _, p in trainable(model)]
+        return self.cfg.lam * sum(((p - a) ** 2).sum() for p, a in zip(params, self.anchor))
+
+    def state_dict(self) -> dict:
+        return {"anchor": self.anchor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.anchor = state.get("anchor")
+
+
+@register_regularizer("l2", L2Config, "L2 distance to the previous task's weights")
+def build(cfg: L2Config, model) -> L2:
+    return L2(cfg, model)
