@@ -259,7 +259,8 @@ class Engine:
 
     # ------------------------------------------------------------ training
 
-    def train_epoch(self, task: Task, epoch_in_task: int) -> float:
+    def train_epoch(self, task: Task, epoch_in_task: int) -> float | None:
+        """One epoch on `task`; returns the mean training loss (None for gradient-free models)."""
         cfg = self.cfg
         st = self.state
         model = self.model
@@ -268,7 +269,7 @@ class Engine:
         model.train()
         if not self.uses_gradients:
             model.fit_task(task.train_x, task.train_y)
-            return float("nan")
+            return None
         x_all, y_all = task.train_x, task.train_y
         n, bs = len(y_all), cfg.train.batch_size
         gen = torch.Generator(device=self.device).manual_seed(derived_seed(cfg.seed, "order", task.index, epoch_in_task))
@@ -365,7 +366,7 @@ class Engine:
                 if not last and cfg.train.eval_every and (e + 1) % cfg.train.eval_every == 0:
                     entry = self.record(task, e + 1, loss, full=False)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.3f}", seen_acc=f"{entry['seen_average_accuracy']:.3f}")
+                        bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "-", seen_acc=f"{entry['seen_average_accuracy']:.3f}")
                 st.train_seconds += time.perf_counter() - t0
                 if bar is not None:
                     bar.update(1)
