@@ -21,7 +21,7 @@ from sdmcl.errors import CheckpointError, OutputError
 FORMAT = 1
 
 
-def atomic_write_bytes(path: Path, write) -> None:
+def atomic_write_bytes(path: Path, write, before_replace=None) -> None:
     """Call `write(fileobj)` on a temp file next to `path`, fsync, then rename over `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -30,6 +30,8 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -47,9 +49,9 @@ def atomic_write_bytes(path: Path, write) -> None:
         pass
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
+def save_checkpoint(path: Path, payload: dict, before_replace=None) -> None:
     payload = {"format": FORMAT, **payload}
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    atomic_write_bytes(path, lambda f: torch.save(payload, f), before_replace)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

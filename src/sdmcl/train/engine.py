@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import signal
 import time
@@ -125,6 +126,28 @@ class RunState:
     train_seconds: float = 0.0
 
 
+class FaultInjector:
+    """Test-only fault injection: `SDMCL_FAULT=<point>:<n>[:<SIGNAL>]` sends SIGNAL (default
+    SIGKILL) to this process at the n-th occurrence (1-based, counted from process start) of
+    `point`: `step` (after an optimizer step), `eval` (inside an evaluation), `checkpoint`
+    (after the temporary checkpoint file is written, before it replaces the old one)."""
+
+    def __init__(self, spec: str | None):
+        self.point, self.n, self.sig, self.counts = None, 0, signal.SIGKILL, {}
+        if spec:
+            parts = spec.split(":")
+            self.point, self.n = parts[0], int(parts[1])
+            if len(parts) > 2:
+                self.sig = getattr(signal, parts[2])
+
+    def __call__(self, point: str) -> None:
+        if point != self.point:
+            return
+        self.counts[point] = self.counts.get(point, 0) + 1
+        if self.counts[point] == self.n:
+            os.kill(os.getpid(), self.sig)
+
+
 class StopRequested(Exception):
     """SIGINT/SIGTERM arrived: stop at the next safe point after writing a checkpoint."""
 
@@ -140,6 +163,8 @@ class Engine:
         self.tasks = prepared.tasks
         self.task_labels = [",".join(map(str, t.classes)) for t in self.tasks]
         self.stop_signal: int | None = None
+        self.fault = FaultInjector(os.environ.get("SDMCL_FAULT"))
+        self.fault_on = self.fault.point is not None
 
         cfg = self.cfg
         if cfg.train.threads:
@@ -185,7 +210,8 @@ class Engine:
         return payload
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir.checkpoint_path, self.checkpoint_payload())
+        save_checkpoint(self.run_dir.checkpoint_path, self.checkpoint_payload(),
+                        before_replace=(lambda: self.fault("checkpoint")) if self.fault_on else None)
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir.checkpoint_path, map_location=self.device)
@@ -224,6 +250,8 @@ class Engine:
                 active_sum += float((h > 0).sum())
             else:
                 logits = model(x)
+            if self.fault_on:
+                self.fault("eval")
             correct += torch.bincount(tid, weights=(logits.argmax(1) == y).float(), minlength=num_tasks)
             # task-aware: the argmax only among the classes of the sample's own task
             same_task = self.class_task[None, :] == tid[:, None]
@@ -302,6 +330,8 @@ class Engine:
                 model.apply_constraints()
             if penalize:
                 reg.after_step(model)
+            if self.fault_on:
+                self.fault("step")
             loss_sum += loss.detach() * len(y)
             st.steps_done += 1
         mean_loss = float(loss_sum) / n
@@ -455,8 +485,9 @@ def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: 
     if resume and not rd.has_checkpoint():
         raise CheckpointError(f"{rd.path}: no checkpoint to resume from; run without --resume to start it")
     engine = Engine(prepared, rd, progress=progress, log=log)
-    rd.create(cfg)
-    if not rd.has_checkpoint():
-        call_hook(engine.model, "apply_constraints")
-    summary = engine.run(resume=rd.has_checkpoint())
+    with rd.locked():
+        rd.create(cfg)
+        if not rd.has_checkpoint():
+            call_hook(engine.model, "apply_constraints")
+        summary = engine.run(resume=rd.has_checkpoint())
     return rd, summary

@@ -12,7 +12,9 @@ config (van de Ven's run stamp), so a re-run of the same config finds its own re
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -47,6 +49,26 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold an exclusive lock on the run directory (a second process is refused, naming the holder)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot create the run directory ({e.strerror or e}); set output.dir to a writable place") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise OutputError(f"{self.path}: in use by process {holder}; wait for it to finish or stop it (its checkpoint lets you resume)") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def create(self, cfg: RunConfig) -> None:
         try:
