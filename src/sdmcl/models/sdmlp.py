@@ -120,6 +120,13 @@ class SDMLP(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         self.topk.epoch = epoch
 
+    def neuron_stats(self) -> dict:
+        """Fraction of neurons whose GABA switch is complete (inhibited by the full v_{k+1})."""
+        if self.cfg.k_approach != "gaba_switch":
+            return {}
+        switched = self.topk.gaba_counters >= self.cfg.gaba_switch_activations
+        return {"gaba_switched": float(switched.float().mean())}
+
     def reset_head(self, num_classes: int) -> None:
         old = self.values
         self.values = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)

@@ -277,6 +277,8 @@ class Engine:
             "seen_average_accuracy": sum(seen) / len(seen),
             **ev,
         }
+        if hasattr(self.model, "neuron_stats"):
+            entry.update(self.model.neuron_stats())
         window = getattr(self.model, "activity_window", None)
         if window is not None:
             entry["fraction_dead"] = metrics.fraction_dead(window.cpu().numpy())
@@ -441,7 +443,7 @@ class Engine:
             "seconds_per_epoch": st.train_seconds / max(st.epochs_done, 1),
         }
         last = st.history[-1]
-        for key in ("fraction_dead", "active_per_input"):
+        for key in ("fraction_dead", "active_per_input", "gaba_switched"):
             if last.get(key) is not None:
                 summary[key] = last[key]
         save_checkpoint(rd.model_path, self.checkpoint_payload(full=False))
