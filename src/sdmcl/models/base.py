@@ -10,6 +10,8 @@ engine calls these optional hooks when it defines them:
                              (e.g. masking gradients of frozen or pruned weights).
 - `on_epoch_start(epoch)`    `epoch` counts all epochs of the run from 0 (k schedules).
 - `on_task_start(task)` / `on_task_end(task)`   a `sdmcl.data.benchmarks.Task`.
+- `on_task_resume(task)`     a run resumed in the middle of `task` (its state is restored
+                             from the checkpoint; only references to the data are needed).
 - `hidden(x)`                hidden activations (B × n) for neuron statistics.
 - `reset_head(num_classes)`  new output layer (continual run from a pretrained model).
 

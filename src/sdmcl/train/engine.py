@@ -384,6 +384,8 @@ class Engine:
             if st.next_epoch_in_task == 0:
                 call_hook(self.model, "on_task_start", task)
                 self.regularizer.on_task_start(self.model, task)
+            else:  # resumed mid-task: state is restored, only the task's data must be handed back
+                call_hook(self.model, "on_task_resume", task)
             if self.progress:
                 from tqdm.auto import tqdm
 
