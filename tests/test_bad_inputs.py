@@ -95,7 +95,7 @@ CASES = [
     ("negative-lambda", {"regularizer": {"name": "ewc", "lam": -1}}, "regularizer.lam: must be >= 0"),
     ("dropout-out-of-range", {"model": {"name": "relu_mlp", "dropout": 1.5}}, "model.dropout: must be in [0, 1)"),
     ("fly-with-regularizer", {"model": {"name": "fly"}, "regularizer": {"name": "ewc"}}, "regularizer.name: 'ewc' needs gradients"),
-    ("fly-with-optimizer", {"model": {"name": "fly"}, "optim": {"name": "sgd"}}, "optim: model 'fly' learns without gradients"),
+    ("fly-with-optimizer", {"model": {"name": "fly"}, "optim": {"name": "adam"}}, "optim: model 'fly' learns without gradients"),
     ("unknown-source", {"data": {"source": "mnits"}}, "mnits"),
     ("bad-pixel-scale", {"data": {"pixel_scale": "bytes"}}, "data.pixel_scale"),
     ("missing-mnist-offline", lambda t: {"data": {"source": "mnist", "data_dir": str(t / "cache"), "download": False}},

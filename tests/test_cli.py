@@ -44,3 +44,12 @@ def test_bad_override_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
 def test_missing_config_file(capsys):
     assert main(["run", "no/such/file.yaml"]) == 2
     assert "no/such/file.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_every_shipped_experiment_validates():
+    from sdmcl.config import load_experiment
+
+    files = sorted((ROOT / "experiments").glob("*.yaml"))
+    assert len(files) >= 5
+    for path in files:
+        assert load_experiment(path), path

@@ -216,8 +216,8 @@ def parse_config(raw: dict) -> RunConfig:
                      ("train", TrainConfig), ("output", OutputConfig)):
         setattr(cfg, sec, _build_dataclass(cls, raw.get(sec), sec + "."))
     cfg.model = _registered_section(MODELS, raw.get("model"), "model", "sdmlp", "model")
-    if not getattr(MODELS[cfg.model.name].build, "uses_gradients", True) and "optim" in raw:
-        raise ConfigError(f"optim: model {cfg.model.name!r} learns without gradients and uses no optimizer; remove the optim section")
+    if not getattr(MODELS[cfg.model.name].build, "uses_gradients", True) and cfg.optim != OptimConfig():
+        raise ConfigError(f"optim: model {cfg.model.name!r} learns without gradients and uses no optimizer; remove the optim settings")
     cfg.regularizer = _registered_section(REGULARIZERS, raw.get("regularizer"), "regularizer", "none", "regularizer")
     check(cfg)
     return cfg
