@@ -82,10 +82,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="epochs per task per repeat")
     ap.add_argument("--neurons", type=int, default=1000)
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--gaba", type=int, default=500000,
+                    help="GABA switch threshold T: 500000 = the reference's (dense phase); 1000 = switched after a few steps")
     args = ap.parse_args()
     cfg = parse_config({
         "name": "speed", "data": {"source": "fashion-mnist", "path": args.data},
-        "model": {"name": "sdmlp", "neurons": args.neurons, "k": 10, "gaba_switch_activations": 500000},
+        "model": {"name": "sdmlp", "neurons": args.neurons, "k": 10, "gaba_switch_activations": args.gaba},
         "optim": {"name": "sgd", "lr": 0.05, "grad_clip": 1.0},
         "train": {"epochs_per_task": args.epochs, "batch_size": 128, "eval_every": 1},
         "output": {"progress": False},
@@ -93,7 +95,7 @@ def main() -> None:
     prepared = prepare(cfg)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"workload: {len(prepared.tasks)} tasks x {len(prepared.tasks[0].train_y)} training images, "
-          f"SDMLP {args.neurons} neurons, batch 128, eval every epoch on seen tasks")
+          f"SDMLP {args.neurons} neurons, GABA T={args.gaba}, batch 128, eval every epoch on seen tasks")
     for name, fn in (("engine (all SDMLP features + eval)", lambda: engine_epochs(cfg, prepared, args.epochs)),
                      ("bare loop (SDMLP math only)", lambda: bare_epochs(prepared, args.epochs, args.neurons, 10))):
         per_repeat, steady_all = [], []
