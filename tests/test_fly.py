@@ -50,3 +50,13 @@ def test_fly_runs_in_the_engine_on_digits(tmp_path):
                         "train": {"epochs_per_task": 1}, "output": {"dir": str(tmp_path), "plots": False, "progress": False}})
     _, summary = run(cfg, log=lambda s: None)
     assert summary["final_average_accuracy"] > 0.5  # far above the 20% of complete forgetting
+
+
+def test_projection_follows_the_run_seed_unless_pinned():
+    def projection(seed, pinned=None):
+        torch.manual_seed(seed)
+        return FlyModel(FlyConfig(kenyon_cells=50, n_response=4, projection_seed=pinned), 16, 2).projection
+
+    assert torch.equal(projection(0), projection(0))
+    assert not torch.equal(projection(0), projection(1))
+    assert torch.equal(projection(0, pinned=7), projection(1, pinned=7))

@@ -41,7 +41,7 @@ class DendritesConfig(ModelConfig):
     dendrite_weight_sparsity: float = 0.0
     dendritic_gate: Literal["abs_max", "max"] = "abs_max"
     max_contexts: int = 100  # prototypes stored (one per task)
-    mask_seed: int = 0
+    mask_seed: int | None = None  # None: drawn from the run seed
 
     def check(self) -> None:
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
@@ -102,7 +102,8 @@ class ActiveDendrites(nn.Module):
     def __init__(self, cfg: DendritesConfig, input_dim: int, num_classes: int):
         super().__init__()
         self.cfg = cfg
-        gen = torch.Generator().manual_seed(cfg.mask_seed)
+        seed = cfg.mask_seed if cfg.mask_seed is not None else int(torch.randint(2**62, ()))
+        gen = torch.Generator().manual_seed(seed)
         sizes = [input_dim] + list(cfg.hidden_sizes)
         self.layers = nn.ModuleList(DendriticLayer(a, b, input_dim, cfg, gen) for a, b in zip(sizes[:-1], sizes[1:]))
         self.head = nn.Linear(sizes[-1], num_classes)

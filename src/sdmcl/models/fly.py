@@ -30,7 +30,7 @@ class FlyConfig(ModelConfig):
     lr: float = 0.005
     percentile: float = 99.0  # cells at or above this percentile of a sample's activity stay on
     min_max_scale: bool = True
-    projection_seed: int = 0
+    projection_seed: int | None = None  # None: drawn from the run seed
     chunk_size: int = 1024  # samples per chunk (memory: chunk × cells floats)
 
     def check(self) -> None:
@@ -67,7 +67,8 @@ class FlyModel(nn.Module):
         if cfg.n_response > input_dim:
             raise ConfigError(f"model.n_response: {cfg.n_response} exceeds the input dimension {input_dim}")
         self.cfg = cfg
-        gen = torch.Generator().manual_seed(cfg.projection_seed)
+        seed = cfg.projection_seed if cfg.projection_seed is not None else int(torch.randint(2**62, ()))
+        gen = torch.Generator().manual_seed(seed)
         # each row: n_response distinct input indices (first columns of a random permutation)
         picks = torch.rand(cfg.kenyon_cells, input_dim, generator=gen).argsort(dim=1)[:, : cfg.n_response]
         projection = torch.zeros(cfg.kenyon_cells, input_dim)

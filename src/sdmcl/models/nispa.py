@@ -41,7 +41,7 @@ class NISPAConfig(ModelConfig):
     a_f_step: float = 0.1
     activation_samples: int = 2048  # training samples used to rank units
     multi_head: bool = False
-    mask_seed: int = 0
+    mask_seed: int | None = None  # None: drawn from the run seed
 
     def check(self) -> None:
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
@@ -64,7 +64,8 @@ class NISPA(nn.Module):
         super().__init__()
         self.cfg = cfg
         sizes = [input_dim] + list(cfg.hidden_sizes)
-        gen = torch.Generator().manual_seed(_seed(cfg.mask_seed, "init"))
+        self.mask_seed = cfg.mask_seed if cfg.mask_seed is not None else int(torch.randint(2**62, ()))
+        gen = torch.Generator().manual_seed(_seed(self.mask_seed, "init"))
         self.hidden_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.head = nn.Linear(sizes[-1], num_classes)
         for i, layer in enumerate(self.hidden_layers):
@@ -142,7 +143,7 @@ class NISPA(nn.Module):
         self.eval()
         acts = [a.mean(0) for a in self.layer_activations(x)[1]]
         self.train(was_training)
-        gen = torch.Generator(device=x.device).manual_seed(_seed(cfg.mask_seed, int(self.task_index), phase))
+        gen = torch.Generator(device=x.device).manual_seed(_seed(self.mask_seed, int(self.task_index), phase))
         for i, (layer, mask, stable, act) in enumerate(zip(self.hidden_layers, self.masks(), self.stables(), acts)):
             total = float(act.sum())
             if total <= 0:
