@@ -361,8 +361,3 @@ def expand_experiment(raw: dict, overrides: list[str] = ()) -> list[tuple[str, R
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> list[tuple[str, RunConfig]]:
     return expand_experiment(read_yaml(path), overrides)
-
-
-def config_from_dict(d: dict) -> RunConfig:
-    """Rebuild a RunConfig from `RunConfig.to_dict()` output (e.g. stored in a checkpoint)."""
-    return parse_config(d)

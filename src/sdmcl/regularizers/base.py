@@ -22,6 +22,21 @@ class RegularizerConfig:
         """Raise `ConfigError` naming the key when a value is impossible."""
 
 
+def check_fields(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ("lam",), at_least_one: tuple[str, ...] = ()) -> None:
+    """Shared range checks of regularizer configs; the message names the dotted key."""
+    from sdmcl.errors import ConfigError
+
+    for key in non_negative:
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"regularizer.{key}: must be >= 0, got {getattr(cfg, key)}")
+    for key in positive:
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"regularizer.{key}: must be > 0, got {getattr(cfg, key)}")
+    for key in at_least_one:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"regularizer.{key}: must be >= 1, got {getattr(cfg, key)}")
+
+
 class Regularizer:
     # True: the engine keeps the training graph alive after backward (for `before_step`)
     needs_logits_graph = False

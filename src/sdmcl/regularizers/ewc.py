@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from sdmcl.errors import ConfigError
 from sdmcl.registry import register_regularizer
-from sdmcl.regularizers.base import EvalMode, Regularizer, RegularizerConfig, quadratic_penalty, snapshot, task_batches, trainable
+from sdmcl.regularizers.base import EvalMode, check_fields, Regularizer, RegularizerConfig, quadratic_penalty, snapshot, task_batches, trainable
 
 
 @dataclass
@@ -46,15 +46,9 @@ class EWCConfig(RegularizerConfig):
     fisher_batch_size: int = 512
 
     def check(self) -> None:
-        if self.lam < 0:
-            raise ConfigError(f"regularizer.lam: must be >= 0, got {self.lam}")
-        if not self.beta > 0:
-            raise ConfigError(f"regularizer.beta: must be > 0, got {self.beta}")
+        check_fields(self, positive=("beta",), at_least_one=("fisher_batches", "fisher_batch_size"))
         if not 0 <= self.gamma <= 1:
             raise ConfigError(f"regularizer.gamma: must be in [0, 1], got {self.gamma}")
-        for key in ("fisher_batches", "fisher_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"regularizer.{key}: must be >= 1, got {getattr(self, key)}")
 
 
 def fisher_diagonal(model, batches, beta: float, estimator: str, seed: int) -> list[torch.Tensor]:

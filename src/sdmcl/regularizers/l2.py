@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sdmcl.errors import ConfigError
 from sdmcl.registry import register_regularizer
-from sdmcl.regularizers.base import Regularizer, RegularizerConfig, snapshot, trainable
+from sdmcl.regularizers.base import Regularizer, check_fields, RegularizerConfig, snapshot, trainable
 
 
 @dataclass
@@ -18,8 +17,7 @@ class L2Config(RegularizerConfig):
     lam: float = 10.0
 
     def check(self) -> None:
-        if self.lam < 0:
-            raise ConfigError(f"regularizer.lam: must be >= 0, got {self.lam}")
+        check_fields(self)
 
 
 class L2(Regularizer):

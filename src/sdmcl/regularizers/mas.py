@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sdmcl.errors import ConfigError
 from sdmcl.registry import register_regularizer
-from sdmcl.regularizers.base import EvalMode, Regularizer, RegularizerConfig, quadratic_penalty, snapshot, task_batches, trainable
+from sdmcl.regularizers.base import EvalMode, check_fields, Regularizer, RegularizerConfig, quadratic_penalty, snapshot, task_batches, trainable
 
 
 @dataclass
@@ -26,11 +25,7 @@ class MASConfig(RegularizerConfig):
     batch_size: int = 512
 
     def check(self) -> None:
-        if self.lam < 0:
-            raise ConfigError(f"regularizer.lam: must be >= 0, got {self.lam}")
-        for key in ("batches", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"regularizer.{key}: must be >= 1, got {getattr(self, key)}")
+        check_fields(self, at_least_one=("batches", "batch_size"))
 
 
 def mas_importance(model, batches) -> list[torch.Tensor]:

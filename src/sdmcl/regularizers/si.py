@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sdmcl.errors import ConfigError
 from sdmcl.registry import register_regularizer
-from sdmcl.regularizers.base import Regularizer, RegularizerConfig, quadratic_penalty, snapshot, trainable
+from sdmcl.regularizers.base import Regularizer, check_fields, RegularizerConfig, quadratic_penalty, snapshot, trainable
 
 
 @dataclass
@@ -32,12 +31,7 @@ class SIConfig(RegularizerConfig):
     damping: float = 0.1
 
     def check(self) -> None:
-        if self.lam < 0:
-            raise ConfigError(f"regularizer.lam: must be >= 0, got {self.lam}")
-        if not self.beta > 0:
-            raise ConfigError(f"regularizer.beta: must be > 0, got {self.beta}")
-        if not self.damping > 0:
-            raise ConfigError(f"regularizer.damping: must be > 0, got {self.damping}")
+        check_fields(self, positive=("beta", "damping"))
 
 
 class SI(Regularizer):
