@@ -16,7 +16,7 @@ from torch import nn
 
 from sdmcl.errors import ConfigError
 from sdmcl.models.base import ModelConfig
-from sdmcl.models.topk import KApproach, TopK
+from sdmcl.models.topk import KApproach, TopK, active_counts
 from sdmcl.registry import register_model
 
 
@@ -53,26 +53,35 @@ def check_topk_fields(cfg) -> None:
 
 
 class SparseAddressProjection(torch.autograd.Function):
-    """h = x Wᵀ whose backward computes ∂L/∂W only for the rows (neurons) with a non-zero
-    gradient in the batch. After the GABA switch only ~k of n neurons are active per input,
-    so most rows of ∂L/∂W are exactly zero and need no matmul. Same values as the dense
-    gradient up to float summation order."""
+    """h = x Wᵀ whose backward computes ∂L/∂W only for the rows (neurons) active in the batch.
+
+    After the GABA switch only ~k of n neurons are active per input, so most rows of ∂L/∂W
+    are exactly zero and need no matmul. `batch` is a dict made for this forward pass: the
+    model stores in it `active` (samples per neuron active after Top-K; ∂L/∂h is zero for
+    the others because Top-K's relu passes no gradient there) and `row_sparse` (return a
+    sparse COO gradient of only those rows); backward then records the `rows` it returned.
+    Same values as the dense gradient up to float summation order."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, batch: dict) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
+        ctx.batch = batch
         return x @ weight.T
 
     @staticmethod
     def backward(ctx, grad_h: torch.Tensor):
         x, weight = ctx.saved_tensors
+        batch = ctx.batch
         grad_x = grad_h @ weight if ctx.needs_input_grad[0] else None
-        rows = (grad_h != 0).any(0).nonzero().squeeze(1)
-        if rows.numel() * 2 > weight.shape[0]:
-            return grad_x, grad_h.T @ x
-        grad_w = torch.zeros_like(weight)
-        grad_w.index_copy_(0, rows, grad_h.index_select(1, rows).T @ x)
-        return grad_x, grad_w
+        active = batch.get("active")
+        rows = (active > 0 if active is not None else (grad_h != 0).any(0)).nonzero().squeeze(1)
+        if rows.numel() * 4 > weight.shape[0] * 3:  # most rows non-zero: one dense product is cheaper
+            return grad_x, grad_h.T @ x, None
+        rows_grad = grad_h.index_select(1, rows).T @ x
+        if batch.get("row_sparse"):
+            batch["rows"] = rows
+            return grad_x, torch.sparse_coo_tensor(rows[None], rows_grad, weight.shape, is_coalesced=True, check_invariants=False), None
+        return grad_x, torch.zeros_like(weight).index_copy_(0, rows, rows_grad), None
 
 
 class SDMLP(nn.Module):
@@ -84,7 +93,24 @@ class SDMLP(nn.Module):
         self.values = nn.Linear(cfg.neurons, num_classes, bias=cfg.output_bias)
         # training samples each neuron was active for since the engine last read it
         self.register_buffer("activity_window", torch.zeros(cfg.neurons, dtype=torch.int64))
+        self.row_sparse_updates = False  # set by the engine, see set_row_sparse_updates
+        self._last_batch: dict | None = None  # the sparse-backward record of the last training forward
         self.apply_constraints()
+
+    def set_row_sparse_updates(self, enabled: bool) -> None:
+        """The engine enables this when an optimizer step changes only the rows with a
+        non-zero gradient (plain SGD, no weight decay, no regularizer). The address gradient
+        is then a sparse COO tensor of the active rows, and the constraints renormalise only
+        those rows: every other address row is bit-for-bit what the last step left."""
+        self.row_sparse_updates = enabled
+
+    def before_step(self) -> None:
+        g = self.addresses.weight.grad
+        if g is not None and g.is_sparse:
+            # autograd's accumulation drops the "coalesced" flag of the row-sparse gradient;
+            # its rows are unique by construction, so restore the flag instead of paying
+            # for a sort and a copy of every value in coalesce()
+            g._coalesced_(True)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.positive_weights:
@@ -92,13 +118,19 @@ class SDMLP(nn.Module):
         if self.cfg.l2_norm:
             # clamp: an all-zero input stays zero instead of becoming NaN
             x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        batch = None
         if self.cfg.sparse_backward and self.addresses.bias is None and torch.is_grad_enabled():
-            h = SparseAddressProjection.apply(x, self.addresses.weight)
+            batch = {"row_sparse": self.row_sparse_updates}
+            h = SparseAddressProjection.apply(x, self.addresses.weight, batch)
         else:
             h = self.addresses(x)
         a = self.topk(h)
         if self.training:
-            self.activity_window += (a.detach() > 0).sum(0)
+            counts = self.topk.batch_active_counts if self.topk.approach == "gaba_switch" else active_counts(a)
+            self.activity_window += counts
+            if batch is not None:
+                batch["active"] = counts
+                self._last_batch = batch
         return a
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,12 +142,23 @@ class SDMLP(nn.Module):
 
     @torch.no_grad()
     def apply_constraints(self) -> None:
+        # after a row-sparse step only the rows it changed can violate the constraints
+        rows = self._last_batch.get("rows") if self._last_batch is not None else None
+        self._last_batch = None
+        w = self.addresses.weight
+        if rows is None:
+            self._constrain_addresses(w)
+        else:
+            w.index_copy_(0, rows, self._constrain_addresses(w.index_select(0, rows)))
         if self.cfg.positive_weights:
-            for p in (self.addresses.weight, self.values.weight):
-                p.clamp_(min=0)  # biases (ablation only) stay signed, as in the reference
+            self.values.weight.clamp_(min=0)  # biases (ablation only) stay signed, as in the reference
+
+    def _constrain_addresses(self, w: torch.Tensor) -> torch.Tensor:
+        if self.cfg.positive_weights:
+            w.clamp_(min=0)
         if self.cfg.l2_norm:
-            w = self.addresses.weight
             w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        return w
 
     def on_epoch_start(self, epoch: int) -> None:
         self.topk.epoch = epoch

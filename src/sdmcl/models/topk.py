@@ -35,6 +35,13 @@ def linear_decay_k(epoch: int, k_max: int, k_min: int, transition_epochs: int) -
     return int(min(k_max, max(k, k_min)))
 
 
+def active_counts(a: torch.Tensor) -> torch.Tensor:
+    """Samples of the batch each neuron is active for (a > 0), as int64. `a` is a relu output
+    (≥ 0), so sign(a) ∈ {0, 1} and its float sum is exact below 2²⁴ samples; on CPU this is
+    ~3× faster than summing a boolean mask."""
+    return a.detach().sign().sum(0).long()
+
+
 def gaba_response(counters: torch.Tensor, switch_activations: int) -> torch.Tensor:
     """g = clip(−1 + 2c/T, −1, 1): −1 (excite) for a silent neuron, +1 (inhibit) after T activations."""
     return (counters.to(torch.float32) * (2.0 / switch_activations) - 1.0).clamp_(-1.0, 1.0)
@@ -60,6 +67,9 @@ class TopK(nn.Module):
         self.k_transition_epochs = k_transition_epochs
         self.gaba_switch_activations = gaba_switch_activations
         self.epoch = 0  # set by the model's on_epoch_start hook; drives the linear decay
+        # gaba_switch in training: samples of the last batch each neuron was active for
+        # (the model reuses them instead of counting again)
+        self.batch_active_counts: torch.Tensor | None = None
         if approach == "gaba_switch":
             self.register_buffer("gaba_counters", torch.zeros(neurons, dtype=torch.int64))
 
@@ -74,9 +84,11 @@ class TopK(nn.Module):
         if self.approach == "gaba_switch":
             v_k1 = torch.topk(r.detach(), k + 1, dim=1, sorted=True).values[:, -1:]
             g = gaba_response(self.gaba_counters, self.gaba_switch_activations)
-            out = torch.relu(r - g * v_k1)
+            # relu(r − v ⊙ g) in one fused op (addcmul) instead of a product and a difference
+            out = torch.relu(torch.addcmul(r, v_k1, g, value=-1.0))
             if self.training:
-                self.gaba_counters += (out.detach() > 0).sum(0)
+                self.batch_active_counts = active_counts(out)
+                self.gaba_counters += self.batch_active_counts
             return out
         if k >= r.shape[1]:
             return r

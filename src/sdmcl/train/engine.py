@@ -34,7 +34,7 @@ from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.errors import CheckpointError, DataError, DivergenceError
 from sdmcl.registry import MODELS, REGULARIZERS
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
-from sdmcl.train.optim import build_optimizer
+from sdmcl.train.optim import build_optimizer, clip_grad_norm_, plain_sgd
 from sdmcl.train.rundir import RunDir, run_dir_for
 
 
@@ -182,6 +182,10 @@ class Engine:
         self.regularizer = REGULARIZERS[cfg.regularizer.name].build(cfg.regularizer, self.model)
         self.reg_active = cfg.regularizer.name != "none"
         self.retain_graph = bool(getattr(self.regularizer, "needs_logits_graph", False))
+        # plain SGD with nothing else touching gradients changes only rows with a non-zero
+        # gradient: a model may then send row-sparse gradients (SDMLP after the GABA switch)
+        if hasattr(self.model, "set_row_sparse_updates"):
+            self.model.set_row_sparse_updates(self.optimizer is not None and plain_sgd(cfg.optim) and not self.reg_active)
         self.state = RunState()
         # evaluation sets: every task's test split, concatenated in task order
         self.test_x = torch.cat([t.test_x for t in self.tasks])
@@ -326,7 +330,7 @@ class Engine:
             if has_before:
                 model.before_step()
             if clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+                clip_grad_norm_(self.params, clip, skip_when_unclipped=check_each_step)
             opt.step()
             if has_constraints:
                 model.apply_constraints()

@@ -1,0 +1,144 @@
+"""The SDMLP's sparse address gradient and row-sparse SGD steps give the dense results,
+touch only the active rows, and are enabled by the engine only where that is exact."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdmcl.config import parse_config
+from sdmcl.models.sdmlp import SDMLP, SDMLPConfig
+from sdmcl.models.topk import active_counts
+from sdmcl.train.engine import Engine, prepare
+from sdmcl.train.optim import clip_grad_norm_
+from sdmcl.train.rundir import RunDir
+
+N, K, D, C = 40, 3, 12, 4
+
+
+def switched_pair():
+    """Two identical SDMLPs whose GABA switch is complete (exact Top-K): sparse and dense backward."""
+    models = []
+    for sparse in (True, False):
+        torch.manual_seed(0)
+        m = SDMLP(SDMLPConfig(neurons=N, k=K, gaba_switch_activations=1, sparse_backward=sparse), D, C)
+        m.topk.gaba_counters.fill_(10)
+        models.append(m)
+    return models
+
+
+def batch(seed=1, n=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, D, generator=g), torch.randint(0, C, (n,), generator=g)
+
+
+def test_active_counts_counts_positive_entries():
+    a = torch.tensor([[0.0, 2.0, 0.5], [0.0, 0.0, 1e-30], [3.0, 0.0, 0.0]])
+    assert active_counts(a).tolist() == [1, 1, 2]
+    assert active_counts(a).dtype == torch.int64
+
+
+@pytest.mark.parametrize("row_sparse", [False, True])
+def test_sparse_backward_equals_dense_gradient(row_sparse):
+    sparse, dense = switched_pair()
+    sparse.set_row_sparse_updates(row_sparse)
+    x, y = batch()
+    F.cross_entropy(sparse(x), y).backward()
+    F.cross_entropy(dense(x), y).backward()
+    g, g_ref = sparse.addresses.weight.grad, dense.addresses.weight.grad
+    assert g.is_sparse == row_sparse
+    g = g.to_dense()
+    assert torch.allclose(g, g_ref, atol=1e-7)
+    # only neurons active in the batch get a gradient, and there are few of them (≤ 8 × k)
+    active_rows = (g_ref != 0).any(1)
+    assert 0 < int(active_rows.sum()) <= 8 * K
+    if row_sparse:
+        stored = sparse.addresses.weight.grad.coalesce().indices()[0]
+        assert set(stored.tolist()) >= set(active_rows.nonzero().squeeze(1).tolist())
+        assert len(stored) < N
+
+
+def test_row_sparse_step_changes_only_active_rows_and_keeps_constraints():
+    sparse, dense = switched_pair()
+    sparse.set_row_sparse_updates(True)
+    opt_s = torch.optim.SGD(sparse.parameters(), lr=0.5)
+    opt_d = torch.optim.SGD(dense.parameters(), lr=0.5)
+    for step in range(5):
+        x, y = batch(seed=step)
+        before = sparse.addresses.weight.detach().clone()
+        for m, opt in ((sparse, opt_s), (dense, opt_d)):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            if m is sparse:
+                active = m._last_batch["active"] > 0  # neurons active for some sample of the batch
+            m.before_step()
+            opt.step()
+            m.apply_constraints()
+        w = sparse.addresses.weight.detach()
+        changed = (w != before).any(1)
+        assert changed.any()
+        assert not (changed & ~active).any()  # no row outside the batch's active neurons moved
+        assert (w >= 0).all() and (sparse.values.weight >= 0).all()
+        norms = w.norm(dim=1)
+        assert torch.allclose(norms[norms > 0], torch.ones(int((norms > 0).sum())), atol=1e-6)
+    # the dense model renormalises every row each step; the results agree to float rounding
+    assert torch.allclose(sparse.addresses.weight, dense.addresses.weight, atol=1e-6)
+    assert torch.allclose(sparse.values.weight, dense.values.weight, atol=1e-6)
+
+
+def test_clip_matches_torch_and_skips_only_a_no_op():
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    for a, b in zip(ps, ref):
+        a.grad = torch.randn_like(a) * 3
+        b.grad = a.grad.clone()
+    clip_grad_norm_(ps, 1.0, skip_when_unclipped=True)
+    torch.nn.utils.clip_grad_norm_(ref, 1.0)
+    for a, b in zip(ps, ref):
+        assert torch.equal(a.grad, b.grad)
+    total = torch.cat([p.grad.flatten() for p in ps]).norm()
+    assert abs(float(total) - 1.0) < 1e-5
+    # below the threshold the gradients are left as they are
+    small = [g.clone() for g in (p.grad for p in ps)]
+    clip_grad_norm_(ps, 5.0, skip_when_unclipped=True)
+    assert all(torch.equal(p.grad, s) for p, s in zip(ps, small))
+
+
+def test_clip_handles_row_sparse_gradients():
+    w = torch.nn.Parameter(torch.zeros(6, 2))
+    rows = torch.tensor([1, 4])
+    vals = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    w.grad = torch.sparse_coo_tensor(rows[None], vals, (6, 2), check_invariants=True)
+    v = torch.nn.Parameter(torch.zeros(2))
+    v.grad = torch.tensor([0.0, 0.0])
+    clip_grad_norm_([w, v], 1.0, skip_when_unclipped=True)  # ‖g‖ = 5 → scaled by 1/5
+    expected = torch.zeros(6, 2)
+    expected[1, 0], expected[4, 1] = 0.6, 0.8
+    assert torch.allclose(w.grad.to_dense(), expected, atol=1e-6)
+
+
+def engine_for(tmp_path, **sections):
+    raw = {"name": "t", "data": {"source": "digits"},
+           "model": {"name": "sdmlp", "neurons": 32, "k": 4, "gaba_switch_activations": 500},
+           "train": {"epochs_per_task": 1, "threads": 1}, "benchmark": {"num_tasks": 2},
+           "output": {"dir": str(tmp_path), "progress": False, "plots": False}}
+    for key, value in sections.items():
+        raw[key] = value
+    cfg = parse_config(raw)
+    rd = RunDir(tmp_path / "run")
+    rd.create(cfg)
+    return Engine(prepare(cfg), rd, progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("optim,regularizer,expected", [
+    ({"name": "sgd", "lr": 0.1}, {"name": "none"}, True),
+    ({"name": "sgd", "lr": 0.1, "weight_decay": 0.01}, {"name": "none"}, False),
+    ({"name": "sgdm", "lr": 0.1}, {"name": "none"}, False),
+    ({"name": "adam", "lr": 0.001}, {"name": "none"}, False),
+    ({"name": "sgd", "lr": 0.1}, {"name": "ewc"}, False),
+])
+def test_engine_enables_row_sparse_steps_only_where_exact(tmp_path, optim, regularizer, expected):
+    engine = engine_for(tmp_path, optim=optim, regularizer=regularizer)
+    assert engine.model.row_sparse_updates is expected
+    engine.train_epoch(engine.tasks[0], 0)  # and a whole epoch runs in that mode
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
