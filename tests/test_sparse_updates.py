@@ -9,7 +9,7 @@ from sdmcl.config import parse_config
 from sdmcl.models.sdmlp import SDMLP, SDMLPConfig
 from sdmcl.models.topk import active_counts
 from sdmcl.train.engine import Engine, prepare
-from sdmcl.train.optim import clip_grad_norm_
+from sdmcl.train.optim import clip_coefficient, scale_gradients_
 from sdmcl.train.rundir import RunDir
 
 N, K, D, C = 40, 3, 12, 4
@@ -85,23 +85,18 @@ def test_row_sparse_step_changes_only_active_rows_and_keeps_constraints():
     assert torch.allclose(sparse.values.weight, dense.values.weight, atol=1e-6)
 
 
-def test_clip_matches_torch_and_skips_only_a_no_op():
+def test_clip_coefficient_matches_torch():
     torch.manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
     for a, b in zip(ps, ref):
         a.grad = torch.randn_like(a) * 3
         b.grad = a.grad.clone()
-    clip_grad_norm_(ps, 1.0, skip_when_unclipped=True)
+    scale_gradients_(ps, clip_coefficient(ps, 1.0).clamp(max=1.0))
     torch.nn.utils.clip_grad_norm_(ref, 1.0)
     for a, b in zip(ps, ref):
         assert torch.equal(a.grad, b.grad)
-    total = torch.cat([p.grad.flatten() for p in ps]).norm()
-    assert abs(float(total) - 1.0) < 1e-5
-    # below the threshold the gradients are left as they are
-    small = [g.clone() for g in (p.grad for p in ps)]
-    clip_grad_norm_(ps, 5.0, skip_when_unclipped=True)
-    assert all(torch.equal(p.grad, s) for p, s in zip(ps, small))
+    assert abs(float(torch.cat([p.grad.flatten() for p in ps]).norm()) - 1.0) < 1e-5
 
 
 def test_clip_handles_row_sparse_gradients():
@@ -111,7 +106,9 @@ def test_clip_handles_row_sparse_gradients():
     w.grad = torch.sparse_coo_tensor(rows[None], vals, (6, 2), check_invariants=True)
     v = torch.nn.Parameter(torch.zeros(2))
     v.grad = torch.tensor([0.0, 0.0])
-    clip_grad_norm_([w, v], 1.0, skip_when_unclipped=True)  # ‖g‖ = 5 → scaled by 1/5
+    coef = clip_coefficient([w, v], 1.0)  # ‖g‖ = 5
+    assert abs(float(coef) - 0.2) < 1e-6
+    scale_gradients_([w, v], coef)
     expected = torch.zeros(6, 2)
     expected[1, 0], expected[4, 1] = 0.6, 0.8
     assert torch.allclose(w.grad.to_dense(), expected, atol=1e-6)
@@ -142,3 +139,33 @@ def test_engine_enables_row_sparse_steps_only_where_exact(tmp_path, optim, regul
     assert engine.model.row_sparse_updates is expected
     engine.train_epoch(engine.tasks[0], 0)  # and a whole epoch runs in that mode
     assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+
+
+@pytest.mark.parametrize("optim", [{"name": "sgd", "lr": 0.5}, {"name": "adam", "lr": 0.01}])
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6])  # always clipped / never clipped
+def test_clipped_step_equals_clip_then_step(tmp_path, optim, max_norm):
+    """The engine's clipped step (lr folded for plain SGD, no-op multiply skipped) makes the
+    step of torch's clip_grad_norm_ followed by the optimizer's step."""
+    engine = engine_for(tmp_path, optim={**optim, "grad_clip": max_norm})
+    model = engine.model
+    model.set_row_sparse_updates(False)
+    params = engine.params
+    start = [p.detach().clone() for p in params]
+    x, y = engine.tasks[0].train_x[:32], engine.tasks[0].train_y[:32]
+    F.cross_entropy(model(x), y).backward()
+    grads = [p.grad.clone() for p in params]
+    engine.clipped_step(max_norm)
+    got = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, s, g in zip(params, start, grads):
+            p.copy_(s)
+            p.grad = g
+    ref_opt = type(engine.optimizer)(params, **{k: v for k, v in engine.optimizer.defaults.items()})
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    ref_opt.step()
+    for a, p in zip(got, params):
+        if max_norm > 1 or optim["name"] != "sgd":
+            assert torch.equal(a, p.detach())  # identical operations
+        else:
+            assert torch.allclose(a, p.detach(), atol=1e-7, rtol=1e-6)  # same step, other rounding
+    assert any(not torch.equal(a, s) for a, s in zip(got, start))

@@ -34,7 +34,7 @@ from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.errors import CheckpointError, DataError, DivergenceError
 from sdmcl.registry import MODELS, REGULARIZERS
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
-from sdmcl.train.optim import build_optimizer, clip_grad_norm_, plain_sgd
+from sdmcl.train.optim import build_optimizer, clip_coefficient, plain_sgd, scale_gradients_
 from sdmcl.train.rundir import RunDir, run_dir_for
 
 
@@ -182,10 +182,12 @@ class Engine:
         self.regularizer = REGULARIZERS[cfg.regularizer.name].build(cfg.regularizer, self.model)
         self.reg_active = cfg.regularizer.name != "none"
         self.retain_graph = bool(getattr(self.regularizer, "needs_logits_graph", False))
-        # plain SGD with nothing else touching gradients changes only rows with a non-zero
-        # gradient: a model may then send row-sparse gradients (SDMLP after the GABA switch)
+        # plain SGD with no regularizer: a step is p −= lr·g and nothing else reads gradients.
+        # Then a model may send row-sparse gradients (SDMLP after the GABA switch: a step
+        # changes only rows with a non-zero gradient), and clipping can scale this step's lr.
+        self.plain_sgd = self.optimizer is not None and plain_sgd(cfg.optim) and not self.reg_active
         if hasattr(self.model, "set_row_sparse_updates"):
-            self.model.set_row_sparse_updates(self.optimizer is not None and plain_sgd(cfg.optim) and not self.reg_active)
+            self.model.set_row_sparse_updates(self.plain_sgd)
         self.state = RunState()
         # evaluation sets: every task's test split, concatenated in task order
         self.test_x = torch.cat([t.test_x for t in self.tasks])
@@ -329,9 +331,10 @@ class Engine:
                 reg.before_step(model, logits, y)
             if has_before:
                 model.before_step()
-            if clip is not None:
-                clip_grad_norm_(self.params, clip, skip_when_unclipped=check_each_step)
-            opt.step()
+            if clip is None:
+                opt.step()
+            else:
+                self.clipped_step(clip)
             if has_constraints:
                 model.apply_constraints()
             if penalize:
@@ -346,6 +349,35 @@ class Engine:
         if not all(bool(torch.isfinite(p).all()) for p in self.params):
             self.diverged(task, epoch_in_task, None, "a weight")
         return mean_loss
+
+    def clipped_step(self, max_norm: float) -> None:
+        """Clip the global gradient norm to `max_norm` (torch's formula), then step.
+
+        On CPU the factor c = max_norm/(‖g‖+1e-6) is read (no device sync to pay): when
+        c ≥ 1 nothing is scaled, and with plain SGD the factor goes into this step's learning
+        rate (p −= (lr·c)·g, the same step as p −= lr·(c·g) up to rounding) instead of a pass
+        over every gradient entry. On GPUs the gradients are scaled by min(1, c) without a sync."""
+        coef = clip_coefficient(self.params, max_norm)
+        opt = self.optimizer
+        if self.device.type != "cpu":
+            scale_gradients_(self.params, coef.clamp(max=1.0))
+            opt.step()
+            return
+        c = float(coef)
+        if c >= 1.0:
+            opt.step()
+        elif not self.plain_sgd:
+            scale_gradients_(self.params, coef)
+            opt.step()
+        else:
+            lrs = [group["lr"] for group in opt.param_groups]
+            for group in opt.param_groups:
+                group["lr"] = group["lr"] * c
+            try:
+                opt.step()
+            finally:
+                for group, lr in zip(opt.param_groups, lrs):
+                    group["lr"] = lr
 
     def diverged(self, task: Task, epoch_in_task: int, step: int | None, what: str):
         where = f"task {task.index} ({task.name}), epoch {epoch_in_task + 1}" + (f", step {step}" if step is not None else "")

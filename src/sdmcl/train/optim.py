@@ -36,11 +36,9 @@ def plain_sgd(cfg: OptimConfig) -> bool:
     return cfg.name == "sgd" and cfg.weight_decay == 0
 
 
-def clip_grad_norm_(params, max_norm: float, skip_when_unclipped: bool) -> None:
-    """Scale all gradients by min(1, max_norm / (‖g‖₂ + 1e-6)), ‖g‖₂ over all of them — the
-    formula of `torch.nn.utils.clip_grad_norm_` — also for sparse (COO) gradients. With
-    `skip_when_unclipped` (CPU, where reading the norm costs no device sync) the multiply by
-    exactly 1.0, a no-op that still reads and writes every gradient, is skipped."""
+def clip_coefficient(params, max_norm: float) -> torch.Tensor:
+    """max_norm / (‖g‖₂ + 1e-6), ‖g‖₂ over all gradients — the factor of
+    `torch.nn.utils.clip_grad_norm_` before its clamp at 1 — also for sparse (COO) gradients."""
     flat = []  # the stored entries of every gradient
     for p in params:
         if p.grad is None:
@@ -52,11 +50,11 @@ def clip_grad_norm_(params, max_norm: float, skip_when_unclipped: bool) -> None:
         else:
             flat.append(p.grad)
     if not flat:
-        return
-    total = torch.nn.utils.get_total_norm(flat, norm_type=2.0, foreach=True)
-    coef = max_norm / (total + 1e-6)
-    if skip_when_unclipped and float(coef) >= 1.0:
-        return
-    coef = coef.clamp(max=1.0)
-    for g in flat:
-        g.mul_(coef)
+        return torch.tensor(float("inf"))
+    return max_norm / (torch.nn.utils.get_total_norm(flat, norm_type=2.0, foreach=True) + 1e-6)
+
+
+def scale_gradients_(params, factor: torch.Tensor) -> None:
+    for p in params:
+        if p.grad is not None:
+            (p.grad.values() if p.grad.is_sparse else p.grad).mul_(factor)
