@@ -14,6 +14,10 @@ engine calls these optional hooks when it defines them:
                              from the checkpoint; only references to the data are needed).
 - `hidden(x)`                hidden activations (B × n) for neuron statistics.
 - `reset_head(num_classes)`  new output layer (continual run from a pretrained model).
+- `set_row_sparse_updates(enabled)`  called once by the engine: True when every optimizer
+                             step changes only parameter rows with a non-zero gradient
+                             (plain SGD, no weight decay, no regularizer), so the model may
+                             send sparse COO gradients and constrain only the changed rows.
 
 Models trained without gradients set `uses_gradients = False` and implement
 `fit_task(x, y)`: the engine calls it once per epoch with the task's training tensors.
