@@ -16,7 +16,7 @@ from torch import nn
 
 from sdmcl.errors import ConfigError
 from sdmcl.models.base import ModelConfig
-from sdmcl.models.topk import KApproach, TopK, active_counts
+from sdmcl.models.topk import KApproach, TopK
 from sdmcl.registry import register_model
 
 
@@ -126,7 +126,7 @@ class SDMLP(nn.Module):
             h = self.addresses(x)
         a = self.topk(h)
         if self.training:
-            counts = self.topk.batch_active_counts if self.topk.approach == "gaba_switch" else active_counts(a)
+            counts = self.topk.batch_active_counts
             self.activity_window += counts
             if batch is not None:
                 batch["active"] = counts

@@ -67,8 +67,8 @@ class TopK(nn.Module):
         self.k_transition_epochs = k_transition_epochs
         self.gaba_switch_activations = gaba_switch_activations
         self.epoch = 0  # set by the model's on_epoch_start hook; drives the linear decay
-        # gaba_switch in training: samples of the last batch each neuron was active for
-        # (the model reuses them instead of counting again)
+        # in training: samples of the last batch each neuron was active for (the GABA
+        # counters add them; the model reuses them instead of counting again)
         self.batch_active_counts: torch.Tensor | None = None
         if approach == "gaba_switch":
             self.register_buffer("gaba_counters", torch.zeros(neurons, dtype=torch.int64))
@@ -79,17 +79,19 @@ class TopK(nn.Module):
         return self.k
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        r = torch.relu(h)
-        k = self.current_k()
+        out = self._activate(torch.relu(h), self.current_k())
+        if self.training:
+            self.batch_active_counts = active_counts(out)
+            if self.approach == "gaba_switch":
+                self.gaba_counters += self.batch_active_counts
+        return out
+
+    def _activate(self, r: torch.Tensor, k: int) -> torch.Tensor:
         if self.approach == "gaba_switch":
             v_k1 = torch.topk(r.detach(), k + 1, dim=1, sorted=True).values[:, -1:]
             g = gaba_response(self.gaba_counters, self.gaba_switch_activations)
             # relu(r − v ⊙ g) in one fused op (addcmul) instead of a product and a difference
-            out = torch.relu(torch.addcmul(r, v_k1, g, value=-1.0))
-            if self.training:
-                self.batch_active_counts = active_counts(out)
-                self.gaba_counters += self.batch_active_counts
-            return out
+            return torch.relu(torch.addcmul(r, v_k1, g, value=-1.0))
         if k >= r.shape[1]:
             return r
         if self.approach.endswith("mask"):
