@@ -52,6 +52,11 @@ def test_run_writes_every_output(tmp_path):
         expected = float((model.hidden(x) > 0).sum(1).float().mean())
     assert abs(summary["active_per_input"] - expected) < 1e-6
     assert 0 < expected < 64
+    # the last row of R recomputed from raw test inputs: the engine feeds the model inputs
+    # it prepared once (relu + L2 norm), the model's own forward prepares them per batch
+    with torch.no_grad():
+        final = [float((model(t.test_x).argmax(1) == t.test_y).float().mean()) for t in prepared.tasks]
+    assert np.allclose(R[-1], final, atol=1e-6)
 
 
 def test_same_seed_same_weights_other_seed_differs(tmp_path):

@@ -9,7 +9,7 @@ from sdmcl.config import parse_config
 from sdmcl.models.sdmlp import SDMLP, SDMLPConfig
 from sdmcl.models.topk import active_counts
 from sdmcl.train.engine import Engine, prepare
-from sdmcl.train.optim import clip_coefficient, scale_gradients_
+from sdmcl.train.optim import clip_coefficient, plain_sgd_step_, scale_gradients_
 from sdmcl.train.rundir import RunDir
 
 N, K, D, C = 40, 3, 12, 4
@@ -55,6 +55,55 @@ def test_sparse_backward_equals_dense_gradient(row_sparse):
         stored = sparse.addresses.weight.grad.coalesce().indices()[0]
         assert set(stored.tolist()) >= set(active_rows.nonzero().squeeze(1).tolist())
         assert len(stored) < N
+
+
+def twin_models(approach, counters, epoch=0):
+    """Two identical SDMLPs in training mode: the hand-written backward and plain autograd."""
+    models = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        m = SDMLP(SDMLPConfig(neurons=N, k=K, k_approach=approach, gaba_switch_activations=100,
+                              k_transition_epochs=4, sparse_backward=fused), D, C)
+        if approach == "gaba_switch":
+            m.topk.gaba_counters.copy_(counters)
+        m.on_epoch_start(epoch)
+        models.append(m)
+    return models
+
+
+GABA_STATES = {  # counters for T = 100: g = -1 + 2c/100
+    "excite": torch.zeros(N, dtype=torch.int64),  # g = -1: every neuron active, also where h <= 0
+    "mixed": torch.arange(N, dtype=torch.int64) * 5,  # g from -1 to +1 across neurons
+    "switched": torch.full((N,), 100, dtype=torch.int64),  # g = +1: exact Top-K
+}
+
+
+@pytest.mark.parametrize("approach,state,epoch", [
+    ("gaba_switch", "excite", 0), ("gaba_switch", "mixed", 0), ("gaba_switch", "switched", 0),
+    ("mask", None, 0), ("subtract", None, 0),
+    ("linear_decay_mask", None, 0), ("linear_decay_mask", None, 3),  # k = n (all kept), then k < n
+    ("linear_decay_subtract", None, 0), ("linear_decay_subtract", None, 3),
+])
+@pytest.mark.parametrize("row_sparse", [False, True])
+def test_hand_written_backward_equals_autograd(approach, state, epoch, row_sparse):
+    """∂L/∂W₁, ∂L/∂W₂ and ∂L/∂x of the one-node SDMLP backward equal autograd through the
+    individual operations, in every k approach and every phase of the GABA switch."""
+    fused, reference = twin_models(approach, GABA_STATES.get(state), epoch)
+    fused.set_row_sparse_updates(row_sparse)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, D, generator=g)  # signed inputs: some rows of h are negative
+    y = torch.randint(0, C, (16,), generator=g)
+    grads = []
+    for m in (fused, reference):
+        xi = x.clone().requires_grad_(True)
+        F.cross_entropy(m(xi), y).backward()
+        grads.append((m.addresses.weight.grad.to_dense(), m.values.weight.grad, xi.grad))
+    for got, want in zip(*grads):
+        assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+    assert grads[1][0].abs().sum() > 0 and grads[1][2].abs().sum() > 0
+    assert torch.equal(fused.activity_window, reference.activity_window)
+    if state == "excite":  # all neurons active: GABA inhibition is negative everywhere
+        assert (fused.activity_window == 16).all()
 
 
 def test_row_sparse_step_changes_only_active_rows_and_keeps_constraints():
@@ -141,14 +190,12 @@ def test_engine_enables_row_sparse_steps_only_where_exact(tmp_path, optim, regul
     assert all(torch.isfinite(p).all() for p in engine.model.parameters())
 
 
-@pytest.mark.parametrize("optim", [{"name": "sgd", "lr": 0.5}, {"name": "adam", "lr": 0.01}])
 @pytest.mark.parametrize("max_norm", [1e-3, 1e6])  # always clipped / never clipped
-def test_clipped_step_equals_clip_then_step(tmp_path, optim, max_norm):
-    """The engine's clipped step (lr folded for plain SGD, no-op multiply skipped) makes the
-    step of torch's clip_grad_norm_ followed by the optimizer's step."""
-    engine = engine_for(tmp_path, optim={**optim, "grad_clip": max_norm})
+def test_clipped_step_equals_clip_then_step(tmp_path, max_norm):
+    """The engine's clipped step (no-op multiply skipped) makes the step of torch's
+    clip_grad_norm_ followed by the optimizer's step."""
+    engine = engine_for(tmp_path, optim={"name": "adam", "lr": 0.01, "grad_clip": max_norm})
     model = engine.model
-    model.set_row_sparse_updates(False)
     params = engine.params
     start = [p.detach().clone() for p in params]
     x, y = engine.tasks[0].train_x[:32], engine.tasks[0].train_y[:32]
@@ -164,8 +211,33 @@ def test_clipped_step_equals_clip_then_step(tmp_path, optim, max_norm):
     torch.nn.utils.clip_grad_norm_(params, max_norm)
     ref_opt.step()
     for a, p in zip(got, params):
-        if max_norm > 1 or optim["name"] != "sgd":
-            assert torch.equal(a, p.detach())  # identical operations
-        else:
-            assert torch.allclose(a, p.detach(), atol=1e-7, rtol=1e-6)  # same step, other rounding
+        assert torch.equal(a, p.detach())  # identical operations
     assert any(not torch.equal(a, s) for a, s in zip(got, start))
+
+
+@pytest.mark.parametrize("max_norm", [None, 1e6, 0.5])  # no clipping / never clipped / clipped
+def test_plain_sgd_step_equals_clip_then_torch_sgd(max_norm):
+    """plain_sgd_step_ = clip_grad_norm_ + torch.optim.SGD(lr) step, for dense and row-sparse
+    (COO) gradients; the gradients are dropped after the step."""
+    torch.manual_seed(0)
+    w, v = torch.nn.Parameter(torch.randn(6, 3)), torch.nn.Parameter(torch.randn(4))
+    rows = torch.tensor([1, 4])
+    w_rows = torch.tensor([[3.0, 0.0, 1.0], [0.0, 4.0, -2.0]])
+    w.grad = torch.sparse_coo_tensor(rows[None], w_rows, (6, 3), is_coalesced=True, check_invariants=True)
+    v.grad = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    ref = [torch.nn.Parameter(w.detach().clone()), torch.nn.Parameter(v.detach().clone())]
+    ref[0].grad, ref[1].grad = w.grad.to_dense(), v.grad.clone()
+    untouched = w.detach()[[0, 2, 3, 5]].clone()
+    c = plain_sgd_step_([w, v], 0.1, max_norm)
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    torch.optim.SGD(ref, lr=0.1).step()
+    norm = (w_rows.pow(2).sum() + 0.25 + 1 + 4) ** 0.5  # = √(9+1+16+4+5.25) = √35.25
+    assert c == (1.0 if max_norm in (None, 1e6) else pytest.approx(0.5 / (float(norm) + 1e-6)))
+    for got, want in zip((w, v), ref):
+        if c == 1.0:
+            assert torch.equal(got.detach(), want.detach())  # the same arithmetic
+        else:
+            assert torch.allclose(got.detach(), want.detach(), atol=1e-7)
+    assert torch.equal(w.detach()[[0, 2, 3, 5]], untouched)  # rows without gradient do not move
+    assert w.grad is None and v.grad is None

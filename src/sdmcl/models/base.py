@@ -13,6 +13,11 @@ engine calls these optional hooks when it defines them:
 - `on_task_resume(task)`     a run resumed in the middle of `task` (its state is restored
                              from the checkpoint; only references to the data are needed).
 - `hidden(x)`                hidden activations (B × n) for neuron statistics.
+- `prepare_inputs(x)`        a fixed per-sample input transform without parameters (SDMLP:
+                             relu and L2 normalisation). The engine then applies it once
+                             to each data split and calls `forward(x, prepared=True)` and
+                             `forward_with_hidden(x, prepared=True)` instead of
+                             transforming every minibatch again.
 - `reset_head(num_classes)`  new output layer (continual run from a pretrained model).
 - `set_row_sparse_updates(enabled)`  called once by the engine: True when every optimizer
                              step changes only parameter rows with a non-zero gradient

@@ -52,36 +52,56 @@ def check_topk_fields(cfg) -> None:
         raise ConfigError(f"model.k_transition_epochs: must be >= 0, got {cfg.k_transition_epochs}")
 
 
-class SparseAddressProjection(torch.autograd.Function):
-    """h = x Wᵀ whose backward computes ∂L/∂W only for the rows (neurons) active in the batch.
+class SDMLPFunction(torch.autograd.Function):
+    """logits = W₂ · TopK(W₁x) for the bias-free SDMLP, with a hand-written backward.
 
-    After the GABA switch only ~k of n neurons are active per input, so most rows of ∂L/∂W
-    are exactly zero and need no matmul. `batch` is a dict made for this forward pass: the
-    model stores in it `active` (samples per neuron active after Top-K; ∂L/∂h is zero for
-    the others because Top-K's relu passes no gradient there) and `row_sparse` (return a
-    sparse COO gradient of only those rows); backward then records the `rows` it returned.
-    Same values as the dense gradient up to float summation order."""
+    One autograd node instead of one per operation. The backward is exact for every k
+    approach: the threshold v is detached, so ∂a/∂h is 1 where a > 0 and h > 0 and 0
+    elsewhere (a > 0 with h ≤ 0 happens only while a GABA response is negative), giving
+        ∂L/∂W₂ = (∂L/∂z)ᵀ a,   ∂L/∂h = ((∂L/∂z) W₂) ⊙ [a > 0][h > 0],   ∂L/∂W₁ = (∂L/∂h)ᵀ x.
+    After the GABA switch only ~k of n neurons are active per input, so most rows of ∂L/∂W₁
+    are exactly zero: the backward multiplies only the rows of neurons active in the batch
+    (the forward's Top-K counts tell which). `batch` is a dict made for this forward pass:
+    with `row_sparse` set the address gradient is a sparse COO tensor of those rows, and
+    the backward records them as `rows` (the constraints then touch only them). Same values
+    as autograd through the individual operations, up to float summation order."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, batch: dict) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, x: torch.Tensor, addresses: torch.Tensor, values: torch.Tensor, topk: TopK, batch: dict):
+        r = (x @ addresses.T).relu_()
+        a = topk.activate(r)
+        # training samples per neuron active after Top-K (counted in training mode only);
+        # without them the backward takes the dense path
+        batch["active"] = topk.batch_active_counts if topk.training else None
         ctx.batch = batch
-        return x @ weight.T
+        ctx.save_for_backward(x, addresses, values, r, a)
+        return a @ values.T
 
     @staticmethod
-    def backward(ctx, grad_h: torch.Tensor):
-        x, weight = ctx.saved_tensors
+    def backward(ctx, grad_logits: torch.Tensor):
+        x, addresses, values, r, a = ctx.saved_tensors
         batch = ctx.batch
-        grad_x = grad_h @ weight if ctx.needs_input_grad[0] else None
+        need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
+        grad_values = grad_logits.T @ a if need_w2 else None
+        if not (need_x or need_w1):
+            return None, None, grad_values, None, None
+        # [a > 0][h > 0]: a, r = relu(h) ≥ 0, so sign(min(a, r)) is that indicator
+        grad_h = (grad_logits @ values).mul_(torch.minimum(a, r).sign_())
         active = batch.get("active")
-        rows = (active > 0 if active is not None else (grad_h != 0).any(0)).nonzero().squeeze(1)
-        if rows.numel() * 4 > weight.shape[0] * 3:  # most rows non-zero: one dense product is cheaper
-            return grad_x, grad_h.T @ x, None
-        rows_grad = grad_h.index_select(1, rows).T @ x
-        if batch.get("row_sparse"):
-            batch["rows"] = rows
-            return grad_x, torch.sparse_coo_tensor(rows[None], rows_grad, weight.shape, is_coalesced=True, check_invariants=False), None
-        return grad_x, torch.zeros_like(weight).index_copy_(0, rows, rows_grad), None
+        rows = None if active is None else active.nonzero().squeeze(1)
+        if rows is None or rows.numel() * 4 > addresses.shape[0] * 3:  # most rows active: one dense product is cheaper
+            return (grad_h @ addresses if need_x else None), (grad_h.T @ x if need_w1 else None), grad_values, None, None
+        grad_h = grad_h.index_select(1, rows)
+        grad_x = grad_h @ addresses.index_select(0, rows) if need_x else None
+        grad_w1 = None
+        if need_w1:
+            grad_w1 = grad_h.T @ x
+            if batch.get("row_sparse"):
+                batch["rows"] = rows
+                grad_w1 = torch.sparse_coo_tensor(rows[None], grad_w1, addresses.shape, is_coalesced=True, check_invariants=False)
+            else:
+                grad_w1 = torch.zeros_like(addresses).index_copy_(0, rows, grad_w1)
+        return grad_x, grad_w1, grad_values, None, None
 
 
 class SDMLP(nn.Module):
@@ -112,32 +132,37 @@ class SDMLP(nn.Module):
             # for a sort and a copy of every value in coalesce()
             g._coalesced_(True)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed per-sample input transform: relu [positive_weights], then L2
+        normalisation [l2_norm]. The engine applies it once to each data split and passes
+        `prepared=True`; called on raw inputs otherwise."""
         if self.cfg.positive_weights:
             x = torch.relu(x)
         if self.cfg.l2_norm:
             # clamp: an all-zero input stays zero instead of becoming NaN
             x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        batch = None
-        if self.cfg.sparse_backward and self.addresses.bias is None and torch.is_grad_enabled():
-            batch = {"row_sparse": self.row_sparse_updates}
-            h = SparseAddressProjection.apply(x, self.addresses.weight, batch)
-        else:
-            h = self.addresses(x)
-        a = self.topk(h)
+        return x
+
+    def hidden(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
+        # relu in place: the projection is a fresh tensor that its backward does not need
+        a = self.topk.activate(self.addresses(x if prepared else self.prepare_inputs(x)).relu_())
         if self.training:
-            counts = self.topk.batch_active_counts
-            self.activity_window += counts
-            if batch is not None:
-                batch["active"] = counts
-                self._last_batch = batch
+            self.activity_window += self.topk.batch_active_counts
         return a
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.values(self.hidden(x))
+    def forward(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
+        if self.cfg.sparse_backward and self.addresses.bias is None and self.values.bias is None and torch.is_grad_enabled():
+            batch = {"row_sparse": self.row_sparse_updates}
+            x = x if prepared else self.prepare_inputs(x)
+            logits = SDMLPFunction.apply(x, self.addresses.weight, self.values.weight, self.topk, batch)
+            if self.training:
+                self.activity_window += batch["active"]
+                self._last_batch = batch
+            return logits
+        return self.values(self.hidden(x, prepared))
 
-    def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.hidden(x)
+    def forward_with_hidden(self, x: torch.Tensor, prepared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.hidden(x, prepared)
         return self.values(a), a
 
     @torch.no_grad()
@@ -146,19 +171,18 @@ class SDMLP(nn.Module):
         rows = self._last_batch.get("rows") if self._last_batch is not None else None
         self._last_batch = None
         w = self.addresses.weight
-        if rows is None:
-            self._constrain_addresses(w)
-        else:
-            w.index_copy_(0, rows, self._constrain_addresses(w.index_select(0, rows)))
+        if self.cfg.positive_weights:
+            w.clamp_(min=0)  # a no-op on rows the step did not change (they are ≥ 0 already)
+        if self.cfg.l2_norm:
+            norms = w.norm(dim=1).clamp_min_(1e-12)  # clamp: an all-zero row stays zero, not NaN
+            if rows is not None:
+                # divide only the changed rows; the others by exactly 1, so they keep their
+                # bits (a re-divided unit row can move by an ulp). Whole-matrix passes are
+                # cheaper here than gathering and scattering the changed rows.
+                norms = torch.ones_like(norms).index_copy_(0, rows, norms.index_select(0, rows))
+            w.div_(norms[:, None])
         if self.cfg.positive_weights:
             self.values.weight.clamp_(min=0)  # biases (ablation only) stay signed, as in the reference
-
-    def _constrain_addresses(self, w: torch.Tensor) -> torch.Tensor:
-        if self.cfg.positive_weights:
-            w.clamp_(min=0)
-        if self.cfg.l2_norm:
-            w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        return w
 
     def on_epoch_start(self, epoch: int) -> None:
         self.topk.epoch = epoch

@@ -79,7 +79,11 @@ class TopK(nn.Module):
         return self.k
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out = self._activate(torch.relu(h), self.current_k())
+        return self.activate(torch.relu(h))
+
+    def activate(self, r: torch.Tensor) -> torch.Tensor:
+        """The activation from r = relu(h) ≥ 0 (callers that already hold relu(h) skip a pass)."""
+        out = self._activate(r, self.current_k())
         if self.training:
             self.batch_active_counts = active_counts(out)
             if self.approach == "gaba_switch":
@@ -91,14 +95,14 @@ class TopK(nn.Module):
             v_k1 = torch.topk(r.detach(), k + 1, dim=1, sorted=True).values[:, -1:]
             g = gaba_response(self.gaba_counters, self.gaba_switch_activations)
             # relu(r − v ⊙ g) in one fused op (addcmul) instead of a product and a difference
-            return torch.relu(torch.addcmul(r, v_k1, g, value=-1.0))
+            return torch.addcmul(r, v_k1, g, value=-1.0).relu_()
         if k >= r.shape[1]:
             return r
         if self.approach.endswith("mask"):
             vals, idx = torch.topk(r, k, dim=1, sorted=False)
             return torch.zeros_like(r).scatter(1, idx, vals)
         v_k = torch.topk(r.detach(), k, dim=1, sorted=True).values[:, -1:]
-        return torch.relu(r - v_k)
+        return (r - v_k).relu_()
 
     def extra_repr(self) -> str:
         return f"neurons={self.neurons}, k={self.k}, approach={self.approach}"

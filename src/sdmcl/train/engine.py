@@ -34,7 +34,7 @@ from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.errors import CheckpointError, DataError, DivergenceError
 from sdmcl.registry import MODELS, REGULARIZERS
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
-from sdmcl.train.optim import build_optimizer, clip_coefficient, plain_sgd, scale_gradients_
+from sdmcl.train.optim import build_optimizer, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
 from sdmcl.train.rundir import RunDir, run_dir_for
 
 
@@ -184,13 +184,22 @@ class Engine:
         self.retain_graph = bool(getattr(self.regularizer, "needs_logits_graph", False))
         # plain SGD with no regularizer: a step is p −= lr·g and nothing else reads gradients.
         # Then a model may send row-sparse gradients (SDMLP after the GABA switch: a step
-        # changes only rows with a non-zero gradient), and clipping can scale this step's lr.
+        # changes only rows with a non-zero gradient), and on CPU the whole update, clipping
+        # included, is one p −= lr·c·g per parameter (optim.plain_sgd_step_).
         self.plain_sgd = self.optimizer is not None and plain_sgd(cfg.optim) and not self.reg_active
         if hasattr(self.model, "set_row_sparse_updates"):
             self.model.set_row_sparse_updates(self.plain_sgd)
         self.state = RunState()
+        # a model's fixed input transform (SDMLP: relu, L2 norm) is applied once per data
+        # split, not to every minibatch (models/base.py: prepare_inputs)
+        self.prepare_inputs = getattr(self.model, "prepare_inputs", None)
+        self.forward_kwargs = {"prepared": True} if self.prepare_inputs is not None else {}
+        self._train_inputs: tuple[int, torch.Tensor] | None = None  # (task index, its prepared inputs)
         # evaluation sets: every task's test split, concatenated in task order
         self.test_x = torch.cat([t.test_x for t in self.tasks])
+        if self.prepare_inputs is not None:
+            with torch.no_grad():
+                self.test_x = self.prepare_inputs(self.test_x)
         self.test_y = torch.cat([t.test_y for t in self.tasks])
         self.test_task = torch.cat([torch.full((len(t.test_y),), i, device=self.device) for i, t in enumerate(self.tasks)])
         self.test_offsets = np.cumsum([0] + [len(t.test_y) for t in self.tasks])
@@ -244,31 +253,37 @@ class Engine:
         was_training = model.training
         model.eval()
         end = int(self.test_offsets[num_tasks])
-        correct = torch.zeros(num_tasks, device=self.device)
-        correct_aware = torch.zeros(num_tasks, device=self.device)
-        active_sum = 0.0
+        pred = torch.empty(end, dtype=torch.long, device=self.device)
+        pred_task_aware = torch.empty(end, dtype=torch.long, device=self.device)
+        active = torch.zeros((), dtype=torch.float64, device=self.device)
         has_hidden = hasattr(model, "forward_with_hidden")
+        kw = self.forward_kwargs
         bs = self.cfg.train.eval_batch_size
         for s in range(0, end, bs):
-            x, y, tid = self.test_x[s : min(s + bs, end)], self.test_y[s : min(s + bs, end)], self.test_task[s : min(s + bs, end)]
+            e = min(s + bs, end)
+            x = self.test_x[s:e]
             if has_hidden:
-                logits, h = model.forward_with_hidden(x)
-                active_sum += float((h > 0).sum())
+                logits, h = model.forward_with_hidden(x, **kw)
+                active += h.sign().clamp_min_(0).sum(dtype=torch.float64)  # units > 0; ~3× faster than (h > 0).sum() on CPU
             else:
-                logits = model(x)
+                logits = model(x, **kw)
             if self.fault_on:
                 self.fault("eval")
-            correct += torch.bincount(tid, weights=(logits.argmax(1) == y).float(), minlength=num_tasks)
+            torch.argmax(logits, 1, out=pred[s:e])
             # task-aware: the argmax only among the classes of the sample's own task
-            same_task = self.class_task[None, :] == tid[:, None]
-            aware = logits.masked_fill(~same_task, float("-inf")).argmax(1)
-            correct_aware += torch.bincount(tid, weights=(aware == y).float(), minlength=num_tasks)
+            other_task = self.class_task[None, :] != self.test_task[s:e, None]
+            torch.argmax(logits.masked_fill_(other_task, float("-inf")), 1, out=pred_task_aware[s:e])
         model.train(was_training)
+        y, tid = self.test_y[:end], self.test_task[:end]
         counts = torch.tensor(np.diff(self.test_offsets[: num_tasks + 1]), device=self.device).clamp_min(1)
+
+        def accuracies(p: torch.Tensor) -> list[float]:
+            return (torch.bincount(tid, weights=(p == y).float(), minlength=num_tasks) / counts).tolist()
+
         return {
-            "task_accuracy": (correct / counts).tolist(),
-            "task_aware_accuracy": (correct_aware / counts).tolist(),
-            "active_per_input": active_sum / max(end, 1) if has_hidden else None,
+            "task_accuracy": accuracies(pred),
+            "task_aware_accuracy": accuracies(pred_task_aware),
+            "active_per_input": float(active) / max(end, 1) if has_hidden else None,
         }
 
     def record(self, task: Task, epoch_in_task: int, train_loss: float, full: bool) -> dict:
@@ -295,6 +310,17 @@ class Engine:
 
     # ------------------------------------------------------------ training
 
+    def train_inputs(self, task: Task) -> torch.Tensor:
+        """The task's training inputs as the model takes them (prepared once per task; only
+        the current task's copy is kept)."""
+        if self.prepare_inputs is None:
+            return task.train_x
+        if self._train_inputs is None or self._train_inputs[0] != task.index:
+            self._train_inputs = None
+            with torch.no_grad():
+                self._train_inputs = (task.index, self.prepare_inputs(task.train_x))
+        return self._train_inputs[1]
+
     def train_epoch(self, task: Task, epoch_in_task: int) -> float | None:
         """One epoch on `task`; returns the mean training loss (None for gradient-free models)."""
         cfg = self.cfg
@@ -306,7 +332,7 @@ class Engine:
         if not self.uses_gradients:
             model.fit_task(task.train_x, task.train_y)
             return None
-        x_all, y_all = task.train_x, task.train_y
+        x_all, y_all = self.train_inputs(task), task.train_y
         n, bs = len(y_all), cfg.train.batch_size
         gen = torch.Generator(device=self.device).manual_seed(derived_seed(cfg.seed, "order", task.index, epoch_in_task))
         perm = torch.randperm(n, generator=gen, device=self.device)
@@ -314,36 +340,48 @@ class Engine:
         penalize = self.reg_active
         has_before = hasattr(model, "before_step")
         has_constraints = hasattr(model, "apply_constraints")
-        check_each_step = self.device.type == "cpu"  # a sync per step is free on CPU
-        loss_sum = torch.zeros((), device=self.device)
+        on_cpu = self.device.type == "cpu"  # reading a number on the host is free on CPU: no device sync
+        lean_step = self.plain_sgd and on_cpu
+        lr = opt.param_groups[0]["lr"] if lean_step else None
+        loss_total = 0.0 if on_cpu else torch.zeros((), device=self.device)
         for step, start in enumerate(range(0, n, bs)):
             idx = perm[start : start + bs]
             x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
-            logits = model(x)
+            logits = model(x, **self.forward_kwargs)
             loss = F.cross_entropy(logits, y)
             if penalize:
                 loss = loss + reg.penalty(model)
-            if check_each_step and not math.isfinite(loss.item()):
-                self.diverged(task, epoch_in_task, step, "the loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward(retain_graph=self.retain_graph)
-            if penalize:
-                reg.before_step(model, logits, y)
-            if has_before:
-                model.before_step()
-            if clip is None:
-                opt.step()
+            if on_cpu:
+                value = loss.item()
+                if not math.isfinite(value):
+                    self.diverged(task, epoch_in_task, step, "the loss")
+                loss_total += value * len(y)
             else:
-                self.clipped_step(clip)
+                loss_total += loss.detach() * len(y)
+            if lean_step:
+                loss.backward()
+                if has_before:
+                    model.before_step()
+                plain_sgd_step_(self.params, lr, clip)
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss.backward(retain_graph=self.retain_graph)
+                if penalize:
+                    reg.before_step(model, logits, y)
+                if has_before:
+                    model.before_step()
+                if clip is None:
+                    opt.step()
+                else:
+                    self.clipped_step(clip)
             if has_constraints:
                 model.apply_constraints()
             if penalize:
                 reg.after_step(model)
             if self.fault_on:
                 self.fault("step")
-            loss_sum += loss.detach() * len(y)
             st.steps_done += 1
-        mean_loss = float(loss_sum) / n
+        mean_loss = float(loss_total) / n
         if not math.isfinite(mean_loss):
             self.diverged(task, epoch_in_task, None, "the loss")
         if not all(bool(torch.isfinite(p).all()) for p in self.params):
@@ -351,33 +389,16 @@ class Engine:
         return mean_loss
 
     def clipped_step(self, max_norm: float) -> None:
-        """Clip the global gradient norm to `max_norm` (torch's formula), then step.
-
-        On CPU the factor c = max_norm/(‖g‖+1e-6) is read (no device sync to pay): when
-        c ≥ 1 nothing is scaled, and with plain SGD the factor goes into this step's learning
-        rate (p −= (lr·c)·g, the same step as p −= lr·(c·g) up to rounding) instead of a pass
-        over every gradient entry. On GPUs the gradients are scaled by min(1, c) without a sync."""
+        """Clip the global gradient norm to `max_norm` (torch's formula), then step. (Plain SGD
+        on CPU takes `plain_sgd_step_` instead.) On CPU the factor c = max_norm/(‖g‖+1e-6) is
+        read, and when c ≥ 1 nothing is multiplied; on GPUs the gradients are scaled by
+        min(1, c) without a host sync."""
         coef = clip_coefficient(self.params, max_norm)
-        opt = self.optimizer
         if self.device.type != "cpu":
             scale_gradients_(self.params, coef.clamp(max=1.0))
-            opt.step()
-            return
-        c = float(coef)
-        if c >= 1.0:
-            opt.step()
-        elif not self.plain_sgd:
+        elif float(coef) < 1.0:
             scale_gradients_(self.params, coef)
-            opt.step()
-        else:
-            lrs = [group["lr"] for group in opt.param_groups]
-            for group in opt.param_groups:
-                group["lr"] = group["lr"] * c
-            try:
-                opt.step()
-            finally:
-                for group, lr in zip(opt.param_groups, lrs):
-                    group["lr"] = lr
+        self.optimizer.step()
 
     def diverged(self, task: Task, epoch_in_task: int, step: int | None, what: str):
         where = f"task {task.index} ({task.name}), epoch {epoch_in_task + 1}" + (f", step {step}" if step is not None else "")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sdmcl.config import OptimConfig
@@ -58,3 +60,28 @@ def scale_gradients_(params, factor: torch.Tensor) -> None:
     for p in params:
         if p.grad is not None:
             (p.grad.values() if p.grad.is_sparse else p.grad).mul_(factor)
+
+
+def plain_sgd_step_(params, lr: float, max_norm: float | None) -> float:
+    """p −= lr·c·g for every parameter with a gradient, then drop the gradients; c clips the
+    global gradient norm to `max_norm` as `torch.nn.utils.clip_grad_norm_` does
+    (c = min(1, max_norm/(‖g‖₂ + 1e-6))). Returns c.
+
+    The same step as `torch.optim.SGD` (no momentum, no weight decay) after clipping, in
+    fewer operations: the factor goes into the step size instead of a pass over every
+    gradient, and a sparse COO gradient (unique rows, as the SDMLP sends) is added as is.
+    Reads the norm on the host: meant for the CPU, where that costs no device sync."""
+    grads = [p.grad for p in params if p.grad is not None]
+    c = 1.0
+    if max_norm is not None and grads:
+        squares = 0.0
+        for g in grads:
+            flat = (g._values() if g.is_sparse else g).reshape(-1)
+            squares += float(torch.dot(flat, flat))
+        c = min(1.0, max_norm / (math.sqrt(squares) + 1e-6))
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-lr * c)
+                p.grad = None
+    return c
