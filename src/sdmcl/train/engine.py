@@ -358,22 +358,19 @@ class Engine:
                 loss_total += value * len(y)
             else:
                 loss_total += loss.detach() * len(y)
-            if lean_step:
-                loss.backward()
-                if has_before:
-                    model.before_step()
-                plain_sgd_step_(self.params, lr, clip)
-            else:
+            if not lean_step:  # plain_sgd_step_ drops the gradients itself
                 opt.zero_grad(set_to_none=True)
-                loss.backward(retain_graph=self.retain_graph)
-                if penalize:
-                    reg.before_step(model, logits, y)
-                if has_before:
-                    model.before_step()
-                if clip is None:
-                    opt.step()
-                else:
-                    self.clipped_step(clip)
+            loss.backward(retain_graph=self.retain_graph)
+            if penalize:
+                reg.before_step(model, logits, y)
+            if has_before:
+                model.before_step()
+            if lean_step:
+                plain_sgd_step_(self.params, lr, clip)
+            elif clip is None:
+                opt.step()
+            else:
+                self.clipped_step(clip)
             if has_constraints:
                 model.apply_constraints()
             if penalize:
