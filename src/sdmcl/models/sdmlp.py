@@ -174,7 +174,7 @@ class SDMLP(nn.Module):
         if self.cfg.positive_weights:
             w.clamp_(min=0)  # a no-op on rows the step did not change (they are ≥ 0 already)
         if self.cfg.l2_norm:
-            norms = w.norm(dim=1).clamp_min_(1e-12)  # clamp: an all-zero row stays zero, not NaN
+            norms = torch.linalg.vector_norm(w, dim=1).clamp_min_(1e-12)  # clamp: an all-zero row stays zero, not NaN
             if rows is not None:
                 # divide only the changed rows; the others by exactly 1, so they keep their
                 # bits (a re-divided unit row can move by an ulp). Whole-matrix passes are

@@ -5,11 +5,16 @@ seeded permutation, so there is no per-sample Python and no DataLoader in the ho
 Randomness is derived from (seed, task, epoch) at the start of every epoch, which makes
 a resumed run draw exactly what the uninterrupted run would have drawn.
 
+A model's fixed input transform (`prepare_inputs`, SDMLP: relu + L2 norm) is applied once
+per data split instead of to every minibatch.
+
 Order of operations per step (hooks are optional, see models/base.py, regularizers/base.py):
     logits = model(x); loss = CE(logits, y) + regularizer.penalty(model)
     loss.backward(); regularizer.before_step(model, logits, y); model.before_step()
     clip the global gradient norm; optimizer.step()
     model.apply_constraints(); regularizer.after_step(model)
+With plain SGD, no regularizer and the CPU, clipping and the step are one p −= lr·c·g per
+parameter (`optim.plain_sgd_step_`).
 """
 
 from __future__ import annotations
@@ -264,7 +269,9 @@ class Engine:
             x = self.test_x[s:e]
             if has_hidden:
                 logits, h = model.forward_with_hidden(x, **kw)
-                active += h.sign().clamp_min_(0).sum(dtype=torch.float64)  # units > 0; ~3× faster than (h > 0).sum() on CPU
+                # units > 0, counted per row in float32 (exact) and summed in float64; on
+                # CPU several times faster than (h > 0).sum()
+                active += h.sign().clamp_min_(0).sum(1).sum(dtype=torch.float64)
             else:
                 logits = model(x, **kw)
             if self.fault_on:
