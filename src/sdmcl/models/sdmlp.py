@@ -151,15 +151,15 @@ class SDMLP(nn.Module):
         return a
 
     def forward(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
+        x = x if prepared else self.prepare_inputs(x)
         if self.cfg.sparse_backward and self.addresses.bias is None and self.values.bias is None and torch.is_grad_enabled():
             batch = {"row_sparse": self.row_sparse_updates}
-            x = x if prepared else self.prepare_inputs(x)
             logits = SDMLPFunction.apply(x, self.addresses.weight, self.values.weight, self.topk, batch)
             if self.training:
                 self.activity_window += batch["active"]
                 self._last_batch = batch
             return logits
-        return self.values(self.hidden(x, prepared))
+        return self.values(self.hidden(x, prepared=True))
 
     def forward_with_hidden(self, x: torch.Tensor, prepared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.hidden(x, prepared)
