@@ -65,10 +65,10 @@ def eval_products(engine: Engine, num_tasks: int) -> None:
     """Only the address products X·W₁ᵀ of the evaluation just done (same chunks): a floor
     for evaluation that no implementation of this workload goes under."""
     w = engine.model.addresses.weight
-    end = int(engine.test_offsets[num_tasks])
+    end = int(engine.evaluator.test_offsets[num_tasks])
     bs = engine.cfg.train.eval_batch_size
     for s in range(0, end, bs):
-        engine.test_x[s : s + bs] @ w.T
+        engine.evaluator.test_x[s : s + bs] @ w.T
 
 
 def one_repeat(cfg, prepared, epochs: int) -> list[dict]:

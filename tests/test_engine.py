@@ -108,3 +108,49 @@ def test_pretrained_with_other_model_config_is_refused(tmp_path):
     cfg.init_from = str(pre_dir.path)
     with pytest.raises(CheckpointError, match=r"model\.k \(4 vs 5\)"):
         run(cfg, log=lambda s: None)
+
+
+def test_callbacks_see_every_hook_in_order(tmp_path, monkeypatch):
+    from sdmcl.train import engine as engine_mod
+    from sdmcl.train.callbacks import Callback
+
+    seen = []
+
+    class Recorder(Callback):
+        name = "recorder"
+
+        def on_run_start(self, engine, resumed):
+            seen.append(("run_start", resumed))
+
+        def on_task_start(self, engine, task):
+            seen.append(("task_start", task.index))
+
+        def after_step(self, engine):
+            seen.append("step")
+
+        def on_epoch_end(self, engine, task, epoch_in_task):
+            seen.append(("epoch_end", task.index, epoch_in_task))
+
+        def on_evaluation(self, engine, entry):
+            seen.append(("eval", entry["epoch"]))
+
+        def on_task_end(self, engine, task, entry):
+            seen.append(("task_end", task.index))
+
+        def on_run_end(self, engine, summary):
+            seen.append(("run_end", round(summary["final_average_accuracy"], 6)))
+
+        def close(self):
+            seen.append("close")
+
+    monkeypatch.setattr(engine_mod, "build_callbacks", lambda cfg: [Recorder()])
+    cfg = small_cfg(tmp_path, train__epochs_per_task=2, benchmark__num_tasks=2)
+    _, summary = run(cfg, log=lambda s: None)
+    non_steps = [s for s in seen if s != "step"]
+    assert non_steps == [("run_start", False),
+                         # an evaluation inside a task comes before the epoch's end hook; the task's
+                         # final evaluation after it
+                         ("task_start", 0), ("eval", 1), ("epoch_end", 0, 1), ("epoch_end", 0, 2), ("eval", 2), ("task_end", 0),
+                         ("task_start", 1), ("eval", 3), ("epoch_end", 1, 1), ("epoch_end", 1, 2), ("eval", 4), ("task_end", 1),
+                         ("run_end", round(summary["final_average_accuracy"], 6)), "close"]
+    assert seen.count("step") == summary["steps"] > 0

@@ -8,66 +8,10 @@ by SIGINT/SIGTERM writes a checkpoint and exits with 128 + the signal number.
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
 from pathlib import Path
 
 from sdmcl.errors import DivergenceError, UserError
-
-
-def _fmt_pct(x: float) -> str:
-    return f"{100 * x:5.1f}"
-
-
-def print_run(label: str, rd, summary: dict) -> None:
-    accs = " ".join(_fmt_pct(a) for a in summary["final_task_accuracy"])
-    print(f"{label}: final per-task accuracy (%): {accs}")
-    print(f"{label}: final average accuracy {_fmt_pct(summary['final_average_accuracy'])}%  "
-          f"forgetting {_fmt_pct(summary['forgetting'])}  BWT {100 * summary['backward_transfer']:+.1f}  "
-          f"task-aware {_fmt_pct(summary['final_task_aware_accuracy'])}%  "
-          f"({summary['seconds_per_epoch']:.3f} s/epoch)")
-    print(f"{label}: results in {rd.path} (plots in {rd.path / 'plots'})")
-
-
-def comparison_table(rows: list[tuple[str, dict]]) -> str:
-    """One row per label: mean ± s.e.m. over seeds of the headline metrics."""
-    from sdmcl.metrics import mean_sem
-
-    groups: dict[str, list[dict]] = {}
-    for label, s in rows:
-        groups.setdefault(label, []).append(s)
-    head = f"{'method':<28} {'seeds':>5} {'final avg acc %':>17} {'forgetting %':>15} {'BWT %':>14} {'s/epoch':>8}"
-    lines = [head, "-" * len(head)]
-    for label, ss in groups.items():
-        def ms(key, scale=100):
-            m, e = mean_sem([scale * s[key] for s in ss])
-            return f"{m:6.1f} ± {e:4.1f}"
-        spe = sum(s["seconds_per_epoch"] for s in ss) / len(ss)
-        lines.append(f"{label:<28} {len(ss):>5} {ms('final_average_accuracy'):>17} {ms('forgetting'):>15} "
-                     f"{ms('backward_transfer'):>14} {spe:8.3f}")
-    return "\n".join(lines)
-
-
-def run_many(runs, resume=None, progress=True) -> list[tuple[str, dict]]:
-    from sdmcl.train.engine import prepare, run
-
-    results = []
-    prepared_cache = {}
-    for label, cfg in runs:
-        key = json.dumps([cfg.data.__dict__, cfg.benchmark.__dict__, cfg.train.device], sort_keys=True, default=str)
-        if key not in prepared_cache:
-            prepared_cache.clear()  # keep at most one data set in memory
-            prepared_cache[key] = prepare(cfg)
-        prepared = prepared_cache[key]
-        prepared.cfg = cfg
-        print(f"== {label} (seed {cfg.seed}) — {cfg.model.name}"
-              + (f" + {cfg.regularizer.name}" if cfg.regularizer.name != "none" else "")
-              + f", {len(prepared.tasks)} tasks × {cfg.train.epochs_per_task} epochs on {prepared.dataset_name}")
-        rd, summary = run(cfg, resume=resume, progress=progress, prepared=prepared)
-        print_run(label, rd, summary)
-        results.append((label, summary))
-    return results
 
 
 def cmd_run(args) -> int:
@@ -90,6 +34,9 @@ def cmd_run(args) -> int:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
         runs = load_experiment(args.config, args.overrides)
         resume = None
+    from sdmcl.launch import run_many
+    from sdmcl.report import comparison_table
+
     results = run_many(runs, resume=resume, progress=not args.no_progress)
     if len(results) > 1:
         print()
@@ -107,6 +54,9 @@ def cmd_compare(args) -> int:
             overrides.append("seeds=[" + ",".join(map(str, args.seeds)) + "]")
         for label, cfg in load_experiment(path, overrides):
             runs.append((label if label != cfg.name or len(args.configs) == 1 else Path(path).stem, cfg))
+    from sdmcl.launch import run_many
+    from sdmcl.report import comparison_table
+
     results = run_many(runs, progress=not args.no_progress)
     print()
     table = comparison_table(results)
@@ -117,14 +67,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    rows = []
-    for d in args.run_dirs:
-        p = Path(d) / "summary.json"
-        if not p.is_file():
-            raise UserError(f"{d}: no summary.json (the run is unfinished or this is not a run directory)")
-        s = json.loads(p.read_text())
-        rows.append((s.get("name", d), s))
-    print(comparison_table(rows))
+    from sdmcl.report import report_run_dirs
+
+    print(report_run_dirs(args.run_dirs))
     return 0
 
 

@@ -15,6 +15,9 @@ Order of operations per step (hooks are optional, see models/base.py, regularize
     model.apply_constraints(); regularizer.after_step(model)
 With plain SGD, no regularizer and the CPU, clipping and the step are one p −= lr·c·g per
 parameter (`optim.plain_sgd_step_`).
+
+Evaluation lives in `evaluate.py`; loggers and investigations are callbacks (`callbacks.py`)
+that observe the run and keep their state in the checkpoint.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from sdmcl.config import RunConfig
 from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.errors import CheckpointError, DataError, DivergenceError
 from sdmcl.registry import MODELS, REGULARIZERS
+from sdmcl.train.callbacks import build_callbacks, overrides
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
+from sdmcl.train.evaluate import Evaluator
 from sdmcl.train.optim import build_optimizer, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
 from sdmcl.train.rundir import RunDir, run_dir_for
 
@@ -200,17 +205,9 @@ class Engine:
         self.prepare_inputs = getattr(self.model, "prepare_inputs", None)
         self.forward_kwargs = {"prepared": True} if self.prepare_inputs is not None else {}
         self._train_inputs: tuple[int, torch.Tensor] | None = None  # (task index, its prepared inputs)
-        # evaluation sets: every task's test split, concatenated in task order
-        self.test_x = torch.cat([t.test_x for t in self.tasks])
-        if self.prepare_inputs is not None:
-            with torch.no_grad():
-                self.test_x = self.prepare_inputs(self.test_x)
-        self.test_y = torch.cat([t.test_y for t in self.tasks])
-        self.test_task = torch.cat([torch.full((len(t.test_y),), i, device=self.device) for i, t in enumerate(self.tasks)])
-        self.test_offsets = np.cumsum([0] + [len(t.test_y) for t in self.tasks])
-        self.class_task = torch.full((prepared.num_classes,), -1, dtype=torch.long, device=self.device)
-        for i, t in enumerate(self.tasks):
-            self.class_task[list(t.classes)] = i
+        self.evaluator = Evaluator(self.tasks, prepared.num_classes, self.device, self.prepare_inputs)
+        self.callbacks = build_callbacks(cfg)
+        self.step_callbacks = [cb for cb in self.callbacks if overrides(cb, "after_step")]
 
     # ------------------------------------------------------------ checkpoints
 
@@ -226,6 +223,7 @@ class Engine:
                 optimizer=self.optimizer.state_dict() if self.optimizer else None,
                 regularizer=self.regularizer.state_dict(),
                 position=self.state.__dict__.copy(),
+                callbacks={cb.name: cb.state_dict() for cb in self.callbacks},
             )
         return payload
 
@@ -246,52 +244,18 @@ class Engine:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             self.regularizer.load_state_dict(ckpt.get("regularizer") or {})
             self.state = RunState(**ckpt["position"])
+            saved = ckpt.get("callbacks") or {}
+            for cb in self.callbacks:
+                cb.load_state_dict(saved.get(cb.name) or {})
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{self.run_dir.checkpoint_path}: does not fit this run ({str(e).splitlines()[0]}); delete it to start over") from None
 
     # ------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
     def evaluate(self, num_tasks: int) -> dict:
         """Accuracy (class-incremental and task-aware) on the test sets of the first `num_tasks` tasks."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        end = int(self.test_offsets[num_tasks])
-        pred = torch.empty(end, dtype=torch.long, device=self.device)
-        pred_task_aware = torch.empty(end, dtype=torch.long, device=self.device)
-        active = torch.zeros((), dtype=torch.float64, device=self.device)
-        has_hidden = hasattr(model, "forward_with_hidden")
-        kw = self.forward_kwargs
-        bs = self.cfg.train.eval_batch_size
-        for s in range(0, end, bs):
-            e = min(s + bs, end)
-            x = self.test_x[s:e]
-            if has_hidden:
-                logits, h = model.forward_with_hidden(x, **kw)
-                # units > 0, counted per row in float32 (exact) and summed in float64; on
-                # CPU several times faster than (h > 0).sum()
-                active += h.sign().clamp_min_(0).sum(1).sum(dtype=torch.float64)
-            else:
-                logits = model(x, **kw)
-            if self.fault_on:
-                self.fault("eval")
-            torch.argmax(logits, 1, out=pred[s:e])
-            # task-aware: the argmax only among the classes of the sample's own task
-            other_task = self.class_task[None, :] != self.test_task[s:e, None]
-            torch.argmax(logits.masked_fill_(other_task, float("-inf")), 1, out=pred_task_aware[s:e])
-        model.train(was_training)
-        y, tid = self.test_y[:end], self.test_task[:end]
-        counts = torch.tensor(np.diff(self.test_offsets[: num_tasks + 1]), device=self.device).clamp_min(1)
-
-        def accuracies(p: torch.Tensor) -> list[float]:
-            return (torch.bincount(tid, weights=(p == y).float(), minlength=num_tasks) / counts).tolist()
-
-        return {
-            "task_accuracy": accuracies(pred),
-            "task_aware_accuracy": accuracies(pred_task_aware),
-            "active_per_input": float(active) / max(end, 1) if has_hidden else None,
-        }
+        return self.evaluator.evaluate(self.model, num_tasks, self.cfg.train.eval_batch_size,
+                                       on_chunk=(lambda: self.fault("eval")) if self.fault_on else None)
 
     def record(self, task: Task, epoch_in_task: int, train_loss: float, full: bool) -> dict:
         st = self.state
@@ -313,6 +277,8 @@ class Engine:
             window.zero_()
         st.history.append(entry)
         self.run_dir.append_metrics(entry)
+        for cb in self.callbacks:
+            cb.on_evaluation(self, entry)
         return entry
 
     # ------------------------------------------------------------ training
@@ -382,6 +348,8 @@ class Engine:
                 model.apply_constraints()
             if penalize:
                 reg.after_step(model)
+            for cb in self.step_callbacks:
+                cb.after_step(self)
             if self.fault_on:
                 self.fault("step")
             st.steps_done += 1
@@ -430,11 +398,18 @@ class Engine:
             except ValueError:  # not in the main thread
                 pass
         try:
+            for cb in self.callbacks:
+                cb.on_run_start(self, resume)
             self._loop()
+            summary = self.finish()
+            for cb in self.callbacks:
+                cb.on_run_end(self, summary)
+            return summary
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
-        return self.finish()
+            for cb in self.callbacks:
+                cb.close()
 
     def _loop(self) -> None:
         cfg, rd = self.cfg, self.run_dir
@@ -445,6 +420,8 @@ class Engine:
             if st.next_epoch_in_task == 0:
                 call_hook(self.model, "on_task_start", task)
                 self.regularizer.on_task_start(self.model, task)
+                for cb in self.callbacks:
+                    cb.on_task_start(self, task)
             else:  # resumed mid-task: state is restored, only the task's data must be handed back
                 call_hook(self.model, "on_task_resume", task)
             if self.progress:
@@ -463,6 +440,8 @@ class Engine:
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "-", seen_acc=f"{entry['seen_average_accuracy']:.3f}")
                 st.train_seconds += time.perf_counter() - t0
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, task, e + 1)
                 if bar is not None:
                     bar.update(1)
                 if not last and cfg.output.checkpoint_every and (e + 1) % cfg.output.checkpoint_every == 0:
@@ -478,6 +457,8 @@ class Engine:
             st.R.append(entry["task_accuracy"])
             st.R_task_aware.append(entry["task_aware_accuracy"])
             st.next_task, st.next_epoch_in_task = task.index + 1, 0
+            for cb in self.callbacks:
+                cb.on_task_end(self, task, entry)
             if bar is not None:
                 bar.close()
             self.log(f"after task {task.index + 1}/{len(self.tasks)} [{task.name}]: "
