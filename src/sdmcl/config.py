@@ -92,10 +92,27 @@ class RunConfig:
 
     def stamp(self) -> str:
         """Stable hash of everything that determines the results (not where they go)."""
-        d = self.to_dict()
-        d.pop("output")
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(result_identity(self.to_dict()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+# Keys of a resolved config that do not change what a run computes: where outputs and data
+# live, how many threads run it, how evaluation is chunked. The run stamp and the grouping of
+# runs into table rows ignore them.
+NON_RESULT_KEYS = ("output", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download")
+
+
+def result_identity(d: dict) -> dict:
+    """A copy of a resolved config dict without the keys that do not change results."""
+    d = json.loads(json.dumps(d))
+    for dotted in NON_RESULT_KEYS:
+        *parents, last = dotted.split(".")
+        node = d
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return d
 
 
 EXPERIMENT_KEYS = ("seeds", "variants")
