@@ -209,3 +209,10 @@ def test_mean_sem_of_one_value_has_no_sem():
     assert mean_sem([5.0]) == (5.0, None) and Cell(5.0, None).text() == "5.0"
     m, s = mean_sem([1.0, 2.0, 3.0, 4.0])
     assert m == 2.5 and s == pytest.approx(math.sqrt(5 / 3) / 2)
+
+
+def test_over_a_key_no_run_has_is_an_error(tmp_path, capsys):
+    fake_run(tmp_path, config(), 0.5)
+    assert main(["report", str(tmp_path), "--over", "seed,model.kk"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--over model.kk: no run's config has this key; did you mean 'model.k'?" in err

@@ -316,8 +316,16 @@ def group_runs(runs: list[Run], over: tuple[str, ...] = DEFAULT_OVER) -> tuple[l
     """
     groups: dict[str, Group] = {}
     problems: list[Problem] = []
-    for run in runs:
-        ident = flatten(result_identity(run.config))
+    identities = [flatten(result_identity(run.config)) for run in runs]
+    known = set().union(*identities) if identities else set()
+    for key in over:
+        if identities and key not in known:
+            import difflib
+
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else "; give dotted config keys such as seed or model.k"
+            raise UserError(f"--over {key}: no run's config has this key{hint}")
+    for run, ident in zip(runs, identities):
         axis = tuple(json.dumps(ident.pop(k, None), sort_keys=True) for k in over)
         key = json.dumps(ident, sort_keys=True)
         g = groups.get(key)
