@@ -50,6 +50,7 @@ def build(cfg, input_dim, num_classes):
 @pytest.fixture
 def isolated(monkeypatch):
     """Registrations and modules added by a test are removed afterwards."""
+    registry.load_all()  # built-ins registered first: they stay after the test
     tables = (registry.MODELS, registry.REGULARIZERS, registry.DATA_SOURCES, registry.LOGGERS)
     before = [dict(t) for t in tables]
     modules = set(sys.modules)

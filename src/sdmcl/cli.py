@@ -59,14 +59,16 @@ def cmd_compare(args) -> int:
         for label, cfg in load_experiment(path, overrides):
             runs.append((label if label != cfg.name or len(args.configs) == 1 else Path(path).stem, cfg))
     from sdmcl.launch import run_many
-    from sdmcl.report import comparison_table
+    from sdmcl.report import comparison
 
     results = run_many(runs, progress=not args.no_progress)
     print()
     # rows group runs by config (not by label or file), exactly as `sdmcl report` does
-    table = comparison_table([(cfg, summary) for (_, cfg), (_, summary) in zip(runs, results)], over=over,
-                             fmt=args.format, per_task=args.per_task)
+    table, notes = comparison([(cfg, summary) for (_, cfg), (_, summary) in zip(runs, results)], over=over,
+                              fmt=args.format, per_task=args.per_task)
     print(table)
+    if notes:
+        print("\n" + notes, file=sys.stdout if args.format in ("text", "markdown") else sys.stderr)
     if args.out:
         Path(args.out).write_text(table + "\n")
     return 0

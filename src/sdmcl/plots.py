@@ -182,7 +182,7 @@ def plot_final_accuracy_bars(bars, path, title=None) -> None:
         sem = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else None
         ax.barh(i, mean, color=color, alpha=0.75, xerr=sem, capsize=3 if sem else 0)
         ax.scatter(v, np.full(v.size, i), color="black", s=10, zorder=3)
-        ax.text(min(mean + (sem or 0) + 1.5, 101), i, f"{mean:.1f}" + (f" ± {sem:.1f}" if sem else ""),
+        ax.text(min(max(float(v.max()), mean + (sem or 0)) + 1.5, 101), i, f"{mean:.1f}" + (f" ± {sem:.1f}" if sem else ""),
                 va="center", fontsize=7)
     ax.set_yticks(range(n), [label for label, _ in bars], fontsize=8)
     ax.invert_yaxis()

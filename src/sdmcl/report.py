@@ -505,14 +505,18 @@ def _as_run(config, summary: dict) -> Run:
     return Run(config if isinstance(config, dict) else config.to_dict(), summary)
 
 
-def comparison_table(results: list[tuple[Any, dict]], over: tuple[str, ...] = DEFAULT_OVER, fmt: str = "text",
-                     per_task: bool = False) -> str:
-    """The table of runs in hand: (RunConfig or resolved config dict, summary) pairs, grouped
-    exactly as `sdmcl report` groups run directories."""
+def comparison(results: list[tuple[Any, dict]], over: tuple[str, ...] = DEFAULT_OVER, fmt: str = "text",
+               per_task: bool = False) -> tuple[str, str]:
+    """(table, notes) of runs in hand: (RunConfig or resolved config dict, summary) pairs,
+    grouped exactly as `sdmcl report` groups run directories."""
     groups, problems = group_runs([_as_run(c, s) for c, s in results], over)
-    text = render_table(build_table(groups, per_task, over), fmt)
-    notes = render_problems(problems, fmt)
-    return text + ("\n\n" + notes if notes else "")
+    return render_table(build_table(groups, per_task, over), fmt), render_problems(problems, fmt)
+
+
+def comparison_table(results: list[tuple[Any, dict]], over: tuple[str, ...] = DEFAULT_OVER, per_task: bool = False) -> str:
+    """The text table of runs in hand, with the runs counted once listed under it."""
+    table, notes = comparison(results, over, "text", per_task)
+    return table + ("\n\n" + notes if notes else "")
 
 
 def report_runs(paths: list[str], over: tuple[str, ...] = DEFAULT_OVER) -> tuple[list[Group], list[Problem]]:
