@@ -181,7 +181,10 @@ def engine_for(tmp_path, **sections):
     ({"name": "sgd", "lr": 0.1, "weight_decay": 0.01}, {"name": "none"}, False),
     ({"name": "sgdm", "lr": 0.1}, {"name": "none"}, False),
     ({"name": "adam", "lr": 0.001}, {"name": "none"}, False),
-    ({"name": "sgd", "lr": 0.1}, {"name": "ewc"}, False),
+    # a closed-form penalty gradient is added to the row-sparse one (all rows then constrained);
+    # SI reads the gradients in its per-step hooks, so it gets dense ones
+    ({"name": "sgd", "lr": 0.1}, {"name": "ewc"}, True),
+    ({"name": "sgd", "lr": 0.1}, {"name": "si"}, False),
 ])
 def test_engine_enables_row_sparse_steps_only_where_exact(tmp_path, optim, regularizer, expected):
     engine = engine_for(tmp_path, optim=optim, regularizer=regularizer)

@@ -19,10 +19,13 @@ engine calls these optional hooks when it defines them:
                              `forward_with_hidden(x, prepared=True)` instead of
                              transforming every minibatch again.
 - `reset_head(num_classes)`  new output layer (continual run from a pretrained model).
-- `set_row_sparse_updates(enabled)`  called once by the engine: True when every optimizer
-                             step changes only parameter rows with a non-zero gradient
-                             (plain SGD, no weight decay, no regularizer), so the model may
-                             send sparse COO gradients and constrain only the changed rows.
+- `set_row_sparse_updates(enabled, all_rows_move=False)`  called by the engine: True when
+                             every optimizer step changes only parameter rows with a
+                             non-zero gradient (plain SGD, no weight decay, no regularizer
+                             with per-step hooks), so the model may send sparse COO
+                             gradients and constrain only the changed rows. Called again
+                             with `all_rows_move=True` while a regularizer's closed-form
+                             penalty gradient is added to them (every row can then move).
 
 Models trained without gradients set `uses_gradients = False` and implement
 `fit_task(x, y)`: the engine calls it once per epoch with the task's training tensors.

@@ -114,15 +114,19 @@ class SDMLP(nn.Module):
         # training samples each neuron was active for since the engine last read it
         self.register_buffer("activity_window", torch.zeros(cfg.neurons, dtype=torch.int64))
         self.row_sparse_updates = False  # set by the engine, see set_row_sparse_updates
+        self.all_rows_move = False
         self._last_batch: dict | None = None  # the sparse-backward record of the last training forward
         self.apply_constraints()
 
-    def set_row_sparse_updates(self, enabled: bool) -> None:
+    def set_row_sparse_updates(self, enabled: bool, all_rows_move: bool = False) -> None:
         """The engine enables this when an optimizer step changes only the rows with a
         non-zero gradient (plain SGD, no weight decay, no regularizer). The address gradient
         is then a sparse COO tensor of the active rows, and the constraints renormalise only
-        those rows: every other address row is bit-for-bit what the last step left."""
+        those rows: every other address row is bit-for-bit what the last step left.
+        `all_rows_move`: the engine adds a dense term to that gradient before the step (a
+        regularizer's closed-form penalty gradient), so the constraints cover every row."""
         self.row_sparse_updates = enabled
+        self.all_rows_move = all_rows_move
 
     def before_step(self) -> None:
         g = self.addresses.weight.grad
@@ -168,7 +172,7 @@ class SDMLP(nn.Module):
     @torch.no_grad()
     def apply_constraints(self) -> None:
         # after a row-sparse step only the rows it changed can violate the constraints
-        rows = self._last_batch.get("rows") if self._last_batch is not None else None
+        rows = self._last_batch.get("rows") if self._last_batch is not None and not self.all_rows_move else None
         self._last_batch = None
         w = self.addresses.weight
         if self.cfg.positive_weights:

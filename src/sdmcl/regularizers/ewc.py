@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from sdmcl.errors import ConfigError
 from sdmcl.registry import register_regularizer
-from sdmcl.regularizers.base import EvalMode, check_fields, Regularizer, RegularizerConfig, quadratic_penalty, snapshot, task_batches, trainable
+from sdmcl.regularizers.base import EvalMode, check_fields, Regularizer, RegularizerConfig, snapshot, task_batches, trainable
 
 
 @dataclass
@@ -92,12 +92,8 @@ class EWC(Regularizer):
             self.fishers.append(fisher)
             self.anchors.append(snapshot(model))
 
-    def penalty(self, model):
-        if not self.fishers:
-            return 0.0
-        params = [p for _, p in trainable(model)]
-        total = sum(quadratic_penalty(params, a, f) for a, f in zip(self.anchors, self.fishers))
-        return self.cfg.lam * total
+    def quadratic_terms(self):
+        return list(zip(self.fishers, self.anchors))
 
     def state_dict(self) -> dict:
         return {"fishers": self.fishers, "anchors": self.anchors}

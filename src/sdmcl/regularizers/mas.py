@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sdmcl.registry import register_regularizer
-from sdmcl.regularizers.base import EvalMode, check_fields, Regularizer, RegularizerConfig, quadratic_penalty, snapshot, task_batches, trainable
+from sdmcl.regularizers.base import EvalMode, check_fields, Regularizer, RegularizerConfig, snapshot, task_batches, trainable
 
 
 @dataclass
@@ -51,10 +51,8 @@ class MAS(Regularizer):
         self.importance = new if self.importance is None else [a + b for a, b in zip(self.importance, new)]
         self.anchor = snapshot(model)
 
-    def penalty(self, model):
-        if self.importance is None:
-            return 0.0
-        return self.cfg.lam * quadratic_penalty([p for _, p in trainable(model)], self.anchor, self.importance)
+    def quadratic_terms(self):
+        return [] if self.importance is None else [(self.importance, self.anchor)]
 
     def state_dict(self) -> dict:
         return {"importance": self.importance, "anchor": self.anchor}

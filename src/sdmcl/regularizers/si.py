@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sdmcl.registry import register_regularizer
-from sdmcl.regularizers.base import Regularizer, check_fields, RegularizerConfig, quadratic_penalty, snapshot, trainable
+from sdmcl.regularizers.base import Regularizer, check_fields, RegularizerConfig, snapshot, trainable
 
 
 @dataclass
@@ -68,10 +68,8 @@ class SI(Regularizer):
         self.prev = now
         self.tasks_done += 1
 
-    def penalty(self, model):
-        if self.tasks_done == 0:
-            return 0.0
-        return self.cfg.lam * quadratic_penalty([p for _, p in trainable(model)], self.prev, self.importance)
+    def quadratic_terms(self):
+        return [] if self.tasks_done == 0 else [(self.importance, self.prev)]
 
     def state_dict(self) -> dict:
         return {"w": self.w, "importance": self.importance, "prev": self.prev, "tasks_done": self.tasks_done}

@@ -13,8 +13,11 @@ Order of operations per step (hooks are optional, see models/base.py, regularize
     loss.backward(); regularizer.before_step(model, logits, y); model.before_step()
     clip the global gradient norm; optimizer.step()
     model.apply_constraints(); regularizer.after_step(model)
-With plain SGD, no regularizer and the CPU, clipping and the step are one p −= lr·c·g per
-parameter (`optim.plain_sgd_step_`).
+A quadratic penalty (EWC, MAS, SI, L2: `regularizer.quadratic_terms()`) is not built in
+autograd: its closed-form gradient 2λ(A ⊙ θ − b) is added to the gradients right after
+backward (`regularizers.base.QuadraticPenalty`), and its value to the reported loss.
+With plain SGD on the CPU, clipping and the step are one p −= lr·c·g per parameter
+(`optim.plain_sgd_step_`), with or without a regularizer.
 
 Evaluation lives in `evaluate.py`; loggers and investigations are callbacks (`callbacks.py`)
 that observe the run and keep their state in the checkpoint.
@@ -41,6 +44,7 @@ from sdmcl.config import RunConfig
 from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.errors import CheckpointError, DataError, DivergenceError
 from sdmcl.registry import MODELS, REGULARIZERS
+from sdmcl.regularizers.base import QuadraticPenalty, Regularizer
 from sdmcl.train.callbacks import build_callbacks, overrides
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
 from sdmcl.train.evaluate import Evaluator
@@ -192,13 +196,21 @@ class Engine:
         self.regularizer = REGULARIZERS[cfg.regularizer.name].build(cfg.regularizer, self.model)
         self.reg_active = cfg.regularizer.name != "none"
         self.retain_graph = bool(getattr(self.regularizer, "needs_logits_graph", False))
-        # plain SGD with no regularizer: a step is p −= lr·g and nothing else reads gradients.
-        # Then a model may send row-sparse gradients (SDMLP after the GABA switch: a step
-        # changes only rows with a non-zero gradient), and on CPU the whole update, clipping
-        # included, is one p −= lr·c·g per parameter (optim.plain_sgd_step_).
-        self.plain_sgd = self.optimizer is not None and plain_sgd(cfg.optim) and not self.reg_active
+        # a quadratic penalty's gradient in closed form, added after backward (regularizers/base.py)
+        self.quadratic = QuadraticPenalty() if self.reg_active and self.regularizer.closed_form() else None
+        # plain SGD: a step is p −= lr·g, so on CPU the whole update, clipping included, is
+        # one p −= lr·c·g per parameter (optim.plain_sgd_step_).
+        self.plain_sgd = self.optimizer is not None and plain_sgd(cfg.optim)
+        # ... and when nothing but that step and at most a closed-form penalty reads the
+        # gradients, a model may send row-sparse gradients (SDMLP after the GABA switch). A
+        # step then changes only rows with a non-zero gradient, unless a penalty is active:
+        # its gradient moves every row (`all_rows_move`, set per epoch below).
+        reg_hooks = self.reg_active and any(getattr(type(self.regularizer), hook) is not getattr(Regularizer, hook)
+                                            for hook in ("before_step", "after_step"))
+        self.row_sparse = self.plain_sgd and (not self.reg_active or (self.quadratic is not None and not reg_hooks))
+        self._all_rows_move = False
         if hasattr(self.model, "set_row_sparse_updates"):
-            self.model.set_row_sparse_updates(self.plain_sgd)
+            self.model.set_row_sparse_updates(self.row_sparse)
         self.state = RunState()
         # a model's fixed input transform (SDMLP: relu, L2 norm) is applied once per data
         # split, not to every minibatch (models/base.py: prepare_inputs)
@@ -311,6 +323,13 @@ class Engine:
         perm = torch.randperm(n, generator=gen, device=self.device)
         opt, reg, clip = self.optimizer, self.regularizer, cfg.optim.grad_clip
         penalize = self.reg_active
+        quadratic = self.quadratic
+        if quadratic is not None:  # A and b change only at task ends (and on restore)
+            if not quadratic.update(getattr(reg.cfg, "lam", 1.0), reg.quadratic_terms()):
+                quadratic = None
+            if self.row_sparse and (quadratic is not None) != self._all_rows_move:
+                self._all_rows_move = quadratic is not None
+                model.set_row_sparse_updates(True, all_rows_move=self._all_rows_move)
         has_before = hasattr(model, "before_step")
         has_constraints = hasattr(model, "apply_constraints")
         on_cpu = self.device.type == "cpu"  # reading a number on the host is free on CPU: no device sync
@@ -322,7 +341,7 @@ class Engine:
             x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
             logits = model(x, **self.forward_kwargs)
             loss = F.cross_entropy(logits, y)
-            if penalize:
+            if penalize and self.quadratic is None:
                 loss = loss + reg.penalty(model)
             if on_cpu:
                 value = loss.item()
@@ -334,6 +353,13 @@ class Engine:
             if not lean_step:  # plain_sgd_step_ drops the gradients itself
                 opt.zero_grad(set_to_none=True)
             loss.backward(retain_graph=self.retain_graph)
+            if quadratic is not None:
+                penalty = quadratic.add_gradients(self.params)
+                if on_cpu:
+                    penalty = float(penalty)
+                    if not math.isfinite(penalty):
+                        self.diverged(task, epoch_in_task, step, "the penalty")
+                loss_total += penalty * len(y)
             if penalize:
                 reg.before_step(model, logits, y)
             if has_before:
