@@ -10,6 +10,7 @@ weights to ≥ 0 [positive_weights] and rescales each address row to unit L2 nor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 from sdmcl.errors import ConfigError
 from sdmcl.models.base import ModelConfig
 from sdmcl.models.topk import KApproach, TopK
+from sdmcl.models.topk_search import LowRankSearch, SDMLPSubsetFunction
 from sdmcl.registry import register_model
 
 
@@ -34,9 +36,32 @@ class SDMLPConfig(ModelConfig):
     bias: bool = False  # hidden-layer bias (ablation)
     output_bias: bool = False  # output-layer bias (ablation)
     sparse_backward: bool = True  # compute address gradients only for neurons active in the batch
+    # approximate Top-K for large layers (models/topk_search.py); exact is the reference
+    topk_search: Literal["exact", "lowrank"] = "exact"
+    search_rank: int = 32  # principal directions of the inputs the prescreen projects on
+    search_candidates: int = 32  # candidate neurons per input (the batch takes the union)
+    search_max_union: float = 0.25  # exact path when the batch's candidates exceed this share of neurons
+    search_min_neurons: int = 4096  # exact path for smaller layers (the prescreen does not pay there)
+    search_recall_every: int = 20  # training steps between recall samples (0: none)
+    search_recall_inputs: int = 8  # inputs of a sampled batch compared with the exact layer
 
     def check(self) -> None:
         check_topk_fields(self)
+        if self.topk_search == "lowrank":
+            if self.bias or self.output_bias:
+                raise ConfigError("model.topk_search: 'lowrank' needs a bias-free SDMLP; set model.bias and model.output_bias "
+                                  "to false, or topk_search: exact")
+            if self.search_rank < 1:
+                raise ConfigError(f"model.search_rank: must be >= 1, got {self.search_rank}")
+            if self.search_candidates < 1:
+                raise ConfigError(f"model.search_candidates: must be >= 1, got {self.search_candidates}")
+            if not 0 < self.search_max_union <= 1:
+                raise ConfigError(f"model.search_max_union: must be in (0, 1], got {self.search_max_union}")
+            for key in ("search_min_neurons", "search_recall_every"):
+                if getattr(self, key) < 0:
+                    raise ConfigError(f"model.{key}: must be >= 0, got {getattr(self, key)}")
+            if self.search_recall_inputs < 1:
+                raise ConfigError(f"model.search_recall_inputs: must be >= 1, got {self.search_recall_inputs}")
 
 
 def check_topk_fields(cfg) -> None:
@@ -116,6 +141,10 @@ class SDMLP(nn.Module):
         self.row_sparse_updates = False  # set by the engine, see set_row_sparse_updates
         self.all_rows_move = False
         self._last_batch: dict | None = None  # the sparse-backward record of the last training forward
+        self.search = None
+        if cfg.topk_search == "lowrank":
+            self.search = LowRankSearch(cfg.neurons, input_dim, cfg.search_rank, cfg.search_candidates, cfg.search_max_union,
+                                        cfg.search_min_neurons, cfg.search_recall_every, cfg.search_recall_inputs)
         self.apply_constraints()
 
     def set_row_sparse_updates(self, enabled: bool, all_rows_move: bool = False) -> None:
@@ -129,12 +158,12 @@ class SDMLP(nn.Module):
         self.all_rows_move = all_rows_move
 
     def before_step(self) -> None:
-        g = self.addresses.weight.grad
-        if g is not None and g.is_sparse:
-            # autograd's accumulation drops the "coalesced" flag of the row-sparse gradient;
-            # its rows are unique by construction, so restore the flag instead of paying
-            # for a sort and a copy of every value in coalesce()
-            g._coalesced_(True)
+        for g in (self.addresses.weight.grad, self.values.weight.grad):
+            if g is not None and g.is_sparse:
+                # autograd's accumulation drops the "coalesced" flag of the row-sparse gradient;
+                # its rows are unique by construction, so restore the flag instead of paying
+                # for a sort and a copy of every value in coalesce()
+                g._coalesced_(True)
 
     def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed per-sample input transform: relu [positive_weights], then L2
@@ -147,15 +176,35 @@ class SDMLP(nn.Module):
             x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return x
 
+    def candidates(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The approximate Top-K's candidate neurons for the (prepared) batch, or None: exact."""
+        if self.search is None:
+            return None
+        cols = self.search.select(x, self.addresses.weight, self.topk.responses(), self.topk.current_k())
+        if self.training:
+            self.search.note_step(cols is not None, 0 if cols is None else len(cols))
+        return cols
+
     def hidden(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
-        # relu in place: the projection is a fresh tensor that its backward does not need
-        a = self.topk.activate(self.addresses(x if prepared else self.prepare_inputs(x)).relu_())
+        x = x if prepared else self.prepare_inputs(x)
+        cols = self.candidates(x)
+        if cols is not None:  # activations of the candidates, zero elsewhere
+            w = self.addresses.weight
+            a_u = self.topk.activate((x @ w.index_select(0, cols).T).relu_(), cols)
+            a = torch.zeros(len(x), w.shape[0], dtype=a_u.dtype, device=a_u.device).index_copy_(1, cols, a_u)
+        else:
+            # relu in place: the projection is a fresh tensor that its backward does not need
+            a = self.topk.activate(self.addresses(x).relu_())
         if self.training:
             self.activity_window += self.topk.batch_active_counts
         return a
 
     def forward(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
         x = x if prepared else self.prepare_inputs(x)
+        if self.search is not None and torch.is_grad_enabled():
+            cols = self.candidates(x)
+            if cols is not None:
+                return self._forward_candidates(x, cols)
         if self.cfg.sparse_backward and self.addresses.bias is None and self.values.bias is None and torch.is_grad_enabled():
             batch = {"row_sparse": self.row_sparse_updates}
             logits = SDMLPFunction.apply(x, self.addresses.weight, self.values.weight, self.topk, batch)
@@ -164,6 +213,25 @@ class SDMLP(nn.Module):
                 self._last_batch = batch
             return logits
         return self.values(self.hidden(x, prepared=True))
+
+    def _forward_candidates(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The approximate Top-K step: exact activations of the candidate neurons only."""
+        sample = None
+        if self.training and self.search.wants_recall_sample():
+            with torch.no_grad():  # the exact layer on a few inputs, before this step counts
+                xs = x[: self.cfg.search_recall_inputs]
+                exact_r = (xs @ self.addresses.weight.T).relu_()
+                sample = exact_r, self.topk._activate(exact_r, self.topk.current_k())
+        batch = {"row_sparse": self.row_sparse_updates}
+        logits = SDMLPSubsetFunction.apply(x, self.addresses.weight, self.values.weight, self.topk, cols, batch)
+        r, a = batch.pop("r"), batch.pop("a")
+        if sample is not None:
+            self.search.note_recall(*sample, cols, a[: len(sample[0])], self.topk.current_k())
+        del r
+        if self.training:
+            self.activity_window += batch["active"]
+            self._last_batch = batch
+        return logits
 
     def forward_with_hidden(self, x: torch.Tensor, prepared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.hidden(x, prepared)
@@ -175,6 +243,11 @@ class SDMLP(nn.Module):
         rows = self._last_batch.get("rows") if self._last_batch is not None and not self.all_rows_move else None
         self._last_batch = None
         w = self.addresses.weight
+        if rows is not None and rows.numel() * 4 < w.shape[0]:
+            # few rows changed (a large layer): constrain those rows only, and the columns of
+            # the values that the step changed with them
+            self._constrain_rows(rows)
+            return
         if self.cfg.positive_weights:
             w.clamp_(min=0)  # a no-op on rows the step did not change (they are ≥ 0 already)
         if self.cfg.l2_norm:
@@ -187,16 +260,44 @@ class SDMLP(nn.Module):
             w.div_(norms[:, None])
         if self.cfg.positive_weights:
             self.values.weight.clamp_(min=0)  # biases (ablation only) stay signed, as in the reference
+        if self.search is not None:
+            self.search.refresh(w, rows)
+
+    @torch.no_grad()
+    def _constrain_rows(self, rows: torch.Tensor) -> None:
+        w = self.addresses.weight
+        sub = w.index_select(0, rows)
+        if self.cfg.positive_weights:
+            sub.clamp_(min=0)
+        if self.cfg.l2_norm:
+            sub.div_(torch.linalg.vector_norm(sub, dim=1).clamp_min_(1e-12)[:, None])
+        w.index_copy_(0, rows, sub)
+        if self.cfg.positive_weights:
+            v = self.values.weight
+            v.index_copy_(1, rows, v.index_select(1, rows).clamp_(min=0))
+        if self.search is not None:
+            self.search.refresh(w, rows)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.topk.epoch = epoch
+        if self.search is not None:
+            self.search.start_epoch()
+
+    def on_task_start(self, task) -> None:
+        if self.search is not None:  # the prescreen's principal directions include this task's inputs
+            with torch.no_grad():
+                self.search.observe(self.prepare_inputs(task.train_x))
 
     def neuron_stats(self) -> dict:
-        """Fraction of neurons whose GABA switch is complete (inhibited by the full v_{k+1})."""
-        if self.cfg.k_approach != "gaba_switch":
-            return {}
-        switched = self.topk.gaba_counters >= self.cfg.gaba_switch_activations
-        return {"gaba_switched": float(switched.float().mean())}
+        """Fraction of neurons whose GABA switch is complete (inhibited by the full v_{k+1});
+        with the approximate Top-K its recall and use since the last call."""
+        stats = {}
+        if self.cfg.k_approach == "gaba_switch":
+            switched = self.topk.gaba_counters >= self.cfg.gaba_switch_activations
+            stats["gaba_switched"] = float(switched.float().mean())
+        if self.search is not None:
+            stats.update(self.search.read_stats())
+        return stats
 
     def reset_head(self, num_classes: int) -> None:
         old = self.values

@@ -70,6 +70,7 @@ class TopK(nn.Module):
         # in training: samples of the last batch each neuron was active for (the GABA
         # counters add them; the model reuses them instead of counting again)
         self.batch_active_counts: torch.Tensor | None = None
+        self.batch_active_cols: torch.Tensor | None = None  # the same for the `cols` of the last activate
         if approach == "gaba_switch":
             self.register_buffer("gaba_counters", torch.zeros(neurons, dtype=torch.int64))
 
@@ -81,19 +82,34 @@ class TopK(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.activate(torch.relu(h))
 
-    def activate(self, r: torch.Tensor) -> torch.Tensor:
-        """The activation from r = relu(h) ≥ 0 (callers that already hold relu(h) skip a pass)."""
-        out = self._activate(r, self.current_k())
+    def activate(self, r: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """The activation from r = relu(h) ≥ 0 (callers that already hold relu(h) skip a pass).
+        `cols`: r holds only these neurons (ascending indices; the approximate Top-K of
+        models/topk_search.py), which contain every neuron of the row's top k+1 and every
+        active one; the others count as inactive."""
+        out = self._activate(r, self.current_k(), cols)
         if self.training:
-            self.batch_active_counts = active_counts(out)
+            counts = active_counts(out)
+            if cols is not None:
+                self.batch_active_cols = counts
+                counts = torch.zeros(self.neurons, dtype=counts.dtype, device=counts.device).index_copy_(0, cols, counts)
+            self.batch_active_counts = counts
             if self.approach == "gaba_switch":
                 self.gaba_counters += self.batch_active_counts
         return out
 
-    def _activate(self, r: torch.Tensor, k: int) -> torch.Tensor:
+    def responses(self, cols: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The GABA response g of every neuron (or of `cols`); None for the other approaches
+        (their threshold is the same for every neuron)."""
+        if self.approach != "gaba_switch":
+            return None
+        counters = self.gaba_counters if cols is None else self.gaba_counters.index_select(0, cols)
+        return gaba_response(counters, self.gaba_switch_activations)
+
+    def _activate(self, r: torch.Tensor, k: int, cols: torch.Tensor | None = None) -> torch.Tensor:
         if self.approach == "gaba_switch":
             v_k1 = torch.topk(r.detach(), k + 1, dim=1, sorted=True).values[:, -1:]
-            g = gaba_response(self.gaba_counters, self.gaba_switch_activations)
+            g = self.responses(cols)
             # relu(r − v ⊙ g) in one fused op (addcmul) instead of a product and a difference
             return torch.addcmul(r, v_k1, g, value=-1.0).relu_()
         if k >= r.shape[1]:

@@ -1,0 +1,226 @@
+"""Approximate Top-K for large SDM layers (`model.topk_search: lowrank`; the default `exact`
+stays the reference).
+
+An SDM read is a nearest-address search, and after the GABA switch only ~k of n neurons
+are active per input, yet the exact layer projects every input on all n addresses to find
+them. Here a cheap prescreen picks, for a whole batch, the candidate neurons; the exact
+activations, the backward and the constraints then touch only those rows.
+
+Prescreen. P (d × r) holds the first r principal directions of the training inputs seen so
+far (of their second moment, accumulated task by task: `observe`), and the index holds
+every address projected on them, W·P (n × r), refreshed row by row as a step moves
+addresses (only the rows it changed) and rebuilt at every epoch start. For a batch X the
+scores (X·P)(W·P)ᵀ approximate the exact X·Wᵀ (the error is the inner product of the two
+residuals outside P's span); each input's `search_candidates` best approximate scores
+name its candidates, and the exact scores of the batch's union of candidates give the
+Top-K among them. (Neurons whose GABA response is still negative are active for every
+input: they are candidates of every batch.) What is approximate: a neuron of an input's
+true top k outside the union (measured by the top-k recall below), and neurons active
+beyond the top k — where the GABA response g < 1 lowers their threshold to g·v_{k+1} —
+that are not candidates (the active-unit recall).
+
+Measured before choosing (docs/speed.md): on a trained 10,000-neuron layer, faiss
+(faiss-cpu 1.15: flat, IVF and HNSW inner-product indexes) searched a batch more slowly
+than this prescreen and cannot update rows in place (HNSW) or cheaply (IVF).
+
+When the layer falls back to the exact path (every such step is exact):
+- the layer has fewer than `search_min_neurons` neurons (measured: the prescreen does not
+  pay there, docs/speed.md);
+- the union of candidates exceeds `search_max_union`·n (the GABA switch phase, where
+  every neuron is excited, or a k schedule whose k is still large).
+Both rules depend on the data and weights only, so runs stay reproducible and resumable
+bit for bit; no timing decides.
+
+Recall: every `search_recall_every` training steps, the first `search_recall_inputs`
+inputs of the batch also go through the exact layer, and the model reports (since the
+last evaluation) the recall of the true top k (the share of each input's k largest exact
+scores among the candidates), the recall of active units (the share of (input, neuron)
+pairs active in the exact layer that are active in the approximate one), the share of
+approximate steps and the mean union size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+class LowRankSearch(nn.Module):
+    """The prescreen index of one SDM layer and its recall statistics (buffers: saved and
+    restored with the model, so a resumed run selects exactly what the uninterrupted one did)."""
+
+    STATS = ("samples", "topk_hits", "topk_total", "active_hits", "active_total", "approx_steps", "exact_steps", "union_sum")
+
+    def __init__(self, neurons: int, input_dim: int, rank: int, candidates: int, max_union: float, min_neurons: int,
+                 recall_every: int, recall_inputs: int):
+        super().__init__()
+        self.neurons, self.rank = neurons, min(rank, input_dim)
+        self.candidates, self.max_union, self.min_neurons = min(candidates, neurons), max_union, min_neurons
+        self.recall_every, self.recall_inputs = recall_every, recall_inputs
+        self.register_buffer("second_moment", torch.zeros(input_dim, input_dim, dtype=torch.float64))
+        self.register_buffer("samples_seen", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("projection", torch.zeros(input_dim, self.rank))
+        self.register_buffer("stats", torch.zeros(len(self.STATS), dtype=torch.float64))
+        self.index: torch.Tensor | None = None  # W·P, derived (rebuilt, never saved)
+        self._index_version: int | None = None  # the address tensor's version the index reflects
+        self._scores: torch.Tensor | None = None  # reused B × n buffer of the prescreen
+        self.steps = 0  # training steps since the epoch start (the recall sampling's clock)
+
+    # ------------------------------------------------------------ index
+
+    @property
+    def enabled(self) -> bool:
+        return self.neurons >= self.min_neurons and int(self.samples_seen) > 0
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Add a task's (prepared) training inputs to the second moment and recompute P."""
+        x = x.detach().reshape(len(x), -1)
+        self.second_moment += (x.T.double() @ x.double()).to(self.second_moment.device)
+        self.samples_seen += len(x)
+        _, vectors = torch.linalg.eigh(self.second_moment / float(self.samples_seen))
+        self.projection.copy_(vectors[:, -self.rank:].flip(1).to(self.projection.dtype))
+        self.index = None
+
+    @torch.no_grad()
+    def rebuild(self, weight: torch.Tensor) -> None:
+        self.index = (weight.detach() @ self.projection).contiguous()
+        self._index_version = weight._version
+
+    @torch.no_grad()
+    def refresh(self, weight: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """After a step: re-project the rows it changed (all rows when `rows` is None)."""
+        if self.index is None or not self.enabled:
+            return
+        if rows is None:
+            self.rebuild(weight)
+        else:
+            self.index.index_copy_(0, rows, weight.detach().index_select(0, rows) @ self.projection)
+            self._index_version = weight._version
+
+    def start_epoch(self) -> None:
+        """A full rebuild at every epoch start (checkpoints are taken between epochs: a resumed
+        run rebuilds where the uninterrupted one did), and the recall clock restarts."""
+        self.index = None
+        self.steps = 0
+
+    # ------------------------------------------------------------ candidates
+
+    @torch.no_grad()
+    def select(self, x: torch.Tensor, weight: torch.Tensor, g: torch.Tensor | None, k: int) -> torch.Tensor | None:
+        """Ascending indices of the batch's candidate neurons, or None for the exact path."""
+        n = self.neurons
+        if max(k + 1, self.candidates) > n * self.max_union or not self.enabled:
+            return None
+        excited = None
+        if g is not None:
+            excited = g <= 0  # active wherever their score is > 0: candidates of every input
+            if int(excited.sum()) > n * self.max_union:  # the GABA switch phase
+                return None
+        if self.index is None or self._index_version != weight._version:
+            self.rebuild(weight)
+        b = len(x)
+        scores = self._scores
+        if scores is None or scores.shape[0] < b or scores.device != x.device:
+            scores = self._scores = torch.empty(b, n, device=x.device)
+        s = scores[:b]
+        torch.mm(x @ self.projection, self.index.T, out=s)
+        best = torch.topk(s, self.candidates, dim=1, sorted=False).indices
+        keep = torch.zeros(n, dtype=torch.bool, device=x.device)
+        keep[best.reshape(-1)] = True
+        if excited is not None:
+            keep |= excited
+        cols = keep.nonzero().squeeze(1)
+        if len(cols) > n * self.max_union:
+            return None
+        return cols
+
+    def note_step(self, approximate: bool, union: int = 0) -> None:
+        self.stats[5 if approximate else 6] += 1
+        if approximate:
+            self.stats[7] += union
+
+    def wants_recall_sample(self) -> bool:
+        self.steps += 1
+        return self.recall_every > 0 and (self.steps - 1) % self.recall_every == 0
+
+    @torch.no_grad()
+    def note_recall(self, exact_r: torch.Tensor, exact_a: torch.Tensor, cols: torch.Tensor, approx_a: torch.Tensor, k: int) -> None:
+        """Compare the approximate layer with the exact one on a few inputs: `exact_r`,
+        `exact_a` (m × n) are the exact scores and activations, `approx_a` (m × |cols|)."""
+        m = len(exact_r)
+        in_cols = torch.zeros(self.neurons, dtype=torch.bool, device=cols.device)
+        in_cols[cols] = True
+        top = torch.topk(exact_r, k, dim=1).indices
+        exact_active = exact_a > 0
+        found = torch.zeros_like(exact_active)
+        found[:, cols] = approx_a > 0
+        self.stats[0] += m
+        self.stats[1] += float(in_cols[top].sum())
+        self.stats[2] += m * k
+        self.stats[3] += float((exact_active & found).sum())
+        self.stats[4] += float(exact_active.sum())
+
+    def read_stats(self) -> dict:
+        """Recall and use of the approximate path since the last read (then reset)."""
+        s = self.stats.tolist()
+        self.stats.zero_()
+        steps = s[5] + s[6]
+        out = {"search_approx_fraction": s[5] / steps if steps else None,
+               "search_union_fraction": s[7] / s[5] / self.neurons if s[5] else None,
+               "search_topk_recall": s[1] / s[2] if s[2] else None,
+               "search_active_recall": s[3] / s[4] if s[4] else None}
+        return out
+
+
+class SDMLPSubsetFunction(torch.autograd.Function):
+    """logits = W₂[:, U] · TopK(W₁[U] x) on the candidate neurons U only, with a hand-written
+    backward (as `SDMLPFunction`, models/sdmlp.py): only the rows of W₁ and the columns of
+    W₂ of neurons active in the batch get a gradient; with `batch["row_sparse"]` both are
+    sparse COO tensors and the rows are recorded as `batch["rows"]` for the constraints."""
+
+    @staticmethod
+    def forward(ctx, x, addresses, values, topk, cols: torch.Tensor, batch: dict):
+        w_u = addresses.index_select(0, cols)
+        v_u = values.index_select(1, cols)
+        r = (x @ w_u.T).relu_()
+        a = topk.activate(r, cols)
+        batch["active"] = topk.batch_active_counts if topk.training else None
+        batch["cols"] = cols
+        batch["r"], batch["a"] = r, a  # for the recall sample, dropped right after the forward
+        ctx.batch = batch
+        ctx.shapes = addresses.shape, values.shape
+        ctx.save_for_backward(x, w_u, v_u, r, a, cols)
+        return a @ v_u.T
+
+    @staticmethod
+    def backward(ctx, grad_logits):
+        x, w_u, v_u, r, a, cols = ctx.saved_tensors
+        batch = ctx.batch
+        (n, d), (c, _) = ctx.shapes
+        need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
+        local = (a.detach().sign().sum(0) > 0).nonzero().squeeze(1)  # active among the candidates
+        rows = cols.index_select(0, local)
+        a_act = a.index_select(1, local)
+        sparse = batch.get("row_sparse")
+        grad_w2 = None
+        if need_w2:
+            g2 = grad_logits.T @ a_act  # C × active
+            if sparse:
+                idx = torch.stack([torch.arange(c, device=rows.device).repeat_interleave(len(rows)), rows.repeat(c)])
+                grad_w2 = torch.sparse_coo_tensor(idx, g2.reshape(-1), (c, n), is_coalesced=True, check_invariants=False)
+            else:
+                grad_w2 = torch.zeros(c, n, dtype=g2.dtype, device=g2.device).index_copy_(1, rows, g2)
+        if not (need_x or need_w1):
+            return None, None, grad_w2, None, None, None
+        v_act = v_u.index_select(1, local)
+        grad_h = (grad_logits @ v_act).mul_(torch.minimum(a_act, r.index_select(1, local)).sign_())
+        grad_x = grad_h @ w_u.index_select(0, local) if need_x else None
+        grad_w1 = None
+        if need_w1:
+            g1 = grad_h.T @ x
+            if sparse:
+                batch["rows"] = rows
+                grad_w1 = torch.sparse_coo_tensor(rows[None], g1, (n, d), is_coalesced=True, check_invariants=False)
+            else:
+                grad_w1 = torch.zeros(n, d, dtype=g1.dtype, device=g1.device).index_copy_(0, rows, g1)
+        return grad_x, grad_w1, grad_w2, None, None, None
