@@ -14,6 +14,8 @@ Checksums (which hash pins what):
   every batch file, extracted or read from the archive, is checked on every load against the
   md5 of the official (uncompressed) batch file, `CIFAR_MD5` (the values torchvision uses too).
 - digits ships inside scikit-learn; embeddings are the user's own files: nothing to pin.
+- ImageNet32 is not downloadable without an image-net.org account and no checksums are pinned:
+  every file's structure (dtype, shape, label range) is checked at load.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sdmcl.data.cifar import CIFAR10, CIFAR100, CifarLayout, assemble, batch_dir
 from sdmcl.data.cifar import read_members_from_archive, read_members_from_dir
 from sdmcl.data.dataset import Dataset
 from sdmcl.data.idx import parse_idx, read_idx_bytes
+from sdmcl.data import imagenet32
 from sdmcl.errors import ConfigError, DataError
 
 PIXEL_SCALES = ("unit", "raw255")
@@ -48,7 +51,7 @@ class RemoteFile:
 class SourceInfo:
     name: str
     description: str
-    kind: str  # "idx" | "cifar" | "digits" | "embeddings"
+    kind: str  # "idx" | "cifar" | "digits" | "embeddings" | "imagenet32"
     files: tuple[RemoteFile, ...] = ()
     # directories where an OS package installs the original files (checked before downloading)
     system_dirs: tuple[str, ...] = ()
@@ -124,6 +127,8 @@ SOURCES: dict[str, SourceInfo] = {
                    "sha256:85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"),)),
     "digits": SourceInfo("digits", "scikit-learn's bundled 8x8 digits (0..16), 10 classes, seeded 80/20 split",
                          "digits"),
+    "imagenet32": SourceInfo("imagenet32", "downsampled ImageNet 3x32x32, 1000 classes, 1281167/50000 (your copy of "
+                             "the image-net.org release, via data.path or the cache directory)", "imagenet32"),
     "embeddings": SourceInfo("embeddings", "your feature files (e.g. the authors' ConvMixer embeddings), via data.path",
                              "embeddings"),
 }
@@ -440,8 +445,38 @@ def _load_embeddings(info, path, data_dir, pixel_scale, download, checks) -> Dat
     )
 
 
+# ---- ImageNet32 ---------------------------------------------------------------------------
+
+
+def _load_imagenet32(info, path, data_dir, pixel_scale, download, checks) -> Dataset:
+    folder = Path(path).expanduser() if path else cache_dir(data_dir) / info.name
+    train, test, missing = imagenet32.locate(folder)
+    if missing:
+        names = ", ".join(missing) if len(missing) < 4 else f"{missing[0]}, ... ({len(missing)} files)"
+        raise DataError(
+            f"imagenet32: {names} not found in {folder} (or its subdirectories); download Imagenet32_train and "
+            "Imagenet32_val (pickle or npz) from image-net.org (an account is needed) and unpack them there"
+            + ("" if path else ", or set data.path to where they are")
+        )
+    divide_by = 255.0 if pixel_scale == "unit" else None
+    train_x, train_y = imagenet32.read_split(train, divide_by)
+    test_x, test_y = imagenet32.read_split([test], divide_by)
+    if checks is not None:
+        checks.extend(f"{f}: structure checked (no pinned checksum for this release)" for f in train + [test])
+    return Dataset(
+        name=info.name,
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=imagenet32.NUM_CLASSES,
+        input_shape=(3, imagenet32.SIDE, imagenet32.SIDE),
+    )
+
+
 # Each loader takes (info, path, data_dir, pixel_scale, download, checks): load_dataset's arguments.
-_LOADERS = {"idx": _load_idx, "cifar": _load_cifar, "digits": _load_digits, "embeddings": _load_embeddings}
+_LOADERS = {"idx": _load_idx, "cifar": _load_cifar, "digits": _load_digits, "embeddings": _load_embeddings,
+            "imagenet32": _load_imagenet32}
 
 
 def load_dataset(
@@ -491,6 +526,9 @@ def cache_status(source: str, data_dir: str | None = None) -> str:
     if info.kind == "embeddings":
         return "your files, given by data.path"
     folder = cache_dir(data_dir) / info.name
+    if info.kind == "imagenet32":
+        have = not imagenet32.locate(folder)[2]
+        return f"your copy, in {folder}" if have else f"not in {folder} (copy the release there, or set data.path)"
     if info.kind == "idx":
         have = all(_find_idx(folder, stem) for stem in IDX_STEMS)
     else:
