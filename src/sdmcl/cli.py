@@ -77,7 +77,7 @@ def cmd_list(args) -> int:
     from sdmcl.data.sources import SOURCES
     from sdmcl.models.topk import K_APPROACHES
     from sdmcl.registry import MODELS, REGULARIZERS, load_all
-    from sdmcl.train.optim import OPTIMIZERS
+    from sdmcl.train.optim import OPTIMIZERS, SCHEDULES
 
     load_all()
     print("models:")
@@ -89,6 +89,9 @@ def cmd_list(args) -> int:
         print(f"  {name:<14} {e.summary}")
     print("optimizers:")
     for name, desc in OPTIMIZERS.items():
+        print(f"  {name:<14} {desc}")
+    print("learning-rate schedules (optim.schedule):")
+    for name, desc in SCHEDULES.items():
         print(f"  {name:<14} {desc}")
     print("data sources (benchmarks are any source split into tasks of benchmark.classes_per_task classes):")
     for name, info in SOURCES.items():

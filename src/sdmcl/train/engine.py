@@ -8,6 +8,11 @@ a resumed run draw exactly what the uninterrupted run would have drawn.
 A model's fixed input transform (`prepare_inputs`, SDMLP: relu + L2 norm) is applied once
 per data split instead of to every minibatch.
 
+Optional per-step extras, each None (and free) unless configured: augmentation of the
+minibatch (`augment.*`, data/augment.py, its generator seeded from (seed, task, epoch)),
+a learning-rate schedule (`optim.schedule`, train/optim.py) and mixed precision on CUDA
+(`train.precision`, train/precision.py).
+
 Order of operations per step (hooks are optional, see models/base.py, regularizers/base.py):
     logits = model(x); loss = CE(logits, y) + regularizer.penalty(model)
     loss.backward(); regularizer.before_step(model, logits, y); model.before_step()
@@ -38,13 +43,16 @@ import torch.nn.functional as F
 
 from sdmcl import metrics
 from sdmcl.config import RunConfig
+from sdmcl.data.augment import build_augmenter
 from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.errors import CheckpointError, DataError, DivergenceError
-from sdmcl.registry import MODELS, REGULARIZERS
+from sdmcl.registry import REGULARIZERS
+from sdmcl.registry import build_model as build_registered_model
 from sdmcl.train.callbacks import build_callbacks, overrides
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
 from sdmcl.train.evaluate import Evaluator
-from sdmcl.train.optim import build_optimizer, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
+from sdmcl.train.optim import build_optimizer, build_schedule, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
+from sdmcl.train.precision import build_mixed_precision
 from sdmcl.train.rundir import RunDir, run_dir_for
 
 
@@ -85,6 +93,7 @@ class Prepared:
     input_dim: int
     device: torch.device
     dataset_name: str
+    input_shape: tuple[int, ...] = ()  # one sample's shape, e.g. (C, H, W); inputs are held flattened
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -96,14 +105,15 @@ def prepare(cfg: RunConfig) -> Prepared:
                         pixel_scale=cfg.data.pixel_scale, download=cfg.data.download)
     b = cfg.benchmark
     tasks = make_tasks(data, b.classes_per_task, b.class_order, b.class_order_seed, b.joint, b.num_tasks, device)
-    return Prepared(cfg, tasks, data.num_classes, data.input_dim, device, data.name)
+    return Prepared(cfg, tasks, data.num_classes, data.input_dim, device, data.name, tuple(data.input_shape))
 
 
-def build_model(cfg: RunConfig, input_dim: int, num_classes: int) -> torch.nn.Module:
-    return MODELS[cfg.model.name].build(cfg.model, input_dim, num_classes)
+def build_model(cfg: RunConfig, input_dim: int, num_classes: int, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
+    return build_registered_model(cfg.model, input_dim, num_classes, input_shape)
 
 
-def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device) -> torch.nn.Module:
+def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
+                    input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
     """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept."""
     ckpt = load_checkpoint(cfg.init_from)
     pre = ckpt["config"]
@@ -113,7 +123,11 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device) ->
     pre_classes, pre_dim = ckpt.get("num_classes"), ckpt.get("input_dim")
     if pre_dim != input_dim:
         raise DataError(f"init_from {cfg.init_from}: the pretrained model takes {pre_dim} inputs but data.source gives {input_dim}")
-    model = build_model(cfg, input_dim, pre_classes)
+    pre_shape = ckpt.get("input_shape")
+    if pre_shape is not None and input_shape is not None and tuple(pre_shape) != tuple(input_shape):
+        raise DataError(f"init_from {cfg.init_from}: the pretrained model takes inputs of shape {tuple(pre_shape)} "
+                        f"but data.source gives {tuple(input_shape)}")
+    model = build_model(cfg, input_dim, pre_classes, input_shape)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -183,9 +197,9 @@ class Engine:
             torch.set_flush_denormal(cfg.train.flush_denormal)
         seed_everything(derived_seed(cfg.seed, "init"))
         if cfg.init_from:
-            self.model = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device)
+            self.model = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device, prepared.input_shape)
         else:
-            self.model = build_model(cfg, prepared.input_dim, prepared.num_classes).to(self.device)
+            self.model = build_model(cfg, prepared.input_dim, prepared.num_classes, prepared.input_shape).to(self.device)
         self.uses_gradients = getattr(self.model, "uses_gradients", True)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optim, self.params) if self.uses_gradients and self.params else None
@@ -199,6 +213,10 @@ class Engine:
         self.plain_sgd = self.optimizer is not None and plain_sgd(cfg.optim) and not self.reg_active
         if hasattr(self.model, "set_row_sparse_updates"):
             self.model.set_row_sparse_updates(self.plain_sgd)
+        # per-step extras, None unless configured (module docstring)
+        self.augment = build_augmenter(cfg.augment, prepared.input_shape)
+        self.schedule = build_schedule(cfg.optim, cfg.train.epochs_per_task, len(self.tasks)) if self.optimizer else None
+        self.amp = build_mixed_precision(cfg.train.precision, self.device, self.model) if self.optimizer else None
         self.state = RunState()
         # a model's fixed input transform (SDMLP: relu, L2 norm) is applied once per data
         # split, not to every minibatch (models/base.py: prepare_inputs)
@@ -216,6 +234,7 @@ class Engine:
             "config": self.cfg.to_dict(),
             "num_classes": self.p.num_classes,
             "input_dim": self.p.input_dim,
+            "input_shape": list(self.p.input_shape),
             "model": self.model.state_dict(),
         }
         if full:
@@ -225,6 +244,8 @@ class Engine:
                 position=self.state.__dict__.copy(),
                 callbacks={cb.name: cb.state_dict() for cb in self.callbacks},
             )
+            if self.amp is not None:
+                payload["grad_scaler"] = self.amp.state_dict()
         return payload
 
     def save(self) -> None:
@@ -243,6 +264,8 @@ class Engine:
             if self.optimizer is not None and ckpt.get("optimizer") is not None:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             self.regularizer.load_state_dict(ckpt.get("regularizer") or {})
+            if self.amp is not None:
+                self.amp.load_state_dict(ckpt.get("grad_scaler") or {})
             self.state = RunState(**ckpt["position"])
             saved = ckpt.get("callbacks") or {}
             for cb in self.callbacks:
@@ -285,8 +308,9 @@ class Engine:
 
     def train_inputs(self, task: Task) -> torch.Tensor:
         """The task's training inputs as the model takes them (prepared once per task; only
-        the current task's copy is kept)."""
-        if self.prepare_inputs is None:
+        the current task's copy is kept). With augmentation the raw inputs: each augmented
+        minibatch is prepared after augmenting."""
+        if self.prepare_inputs is None or self.augment is not None:
             return task.train_x
         if self._train_inputs is None or self._train_inputs[0] != task.index:
             self._train_inputs = None
@@ -316,12 +340,27 @@ class Engine:
         on_cpu = self.device.type == "cpu"  # reading a number on the host is free on CPU: no device sync
         lean_step = self.plain_sgd and on_cpu
         lr = opt.param_groups[0]["lr"] if lean_step else None
+        augment, schedule, amp = self.augment, self.schedule, self.amp
+        if augment is not None:
+            aug_gen = torch.Generator(device=self.device).manual_seed(derived_seed(cfg.seed, "augment", task.index, epoch_in_task))
+        steps = -(-n // bs)
         loss_total = 0.0 if on_cpu else torch.zeros((), device=self.device)
         for step, start in enumerate(range(0, n, bs)):
             idx = perm[start : start + bs]
             x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
-            logits = model(x, **self.forward_kwargs)
-            loss = F.cross_entropy(logits, y)
+            if augment is not None:
+                x = augment(x, aug_gen)
+                if self.prepare_inputs is not None:
+                    x = self.prepare_inputs(x)
+            if schedule is not None:
+                lr = schedule.apply(opt, task.index, epoch_in_task, (step + 1) / steps)
+            if amp is None:
+                logits = model(x, **self.forward_kwargs)
+                loss = F.cross_entropy(logits, y)
+            else:
+                with amp.autocast():
+                    logits = model(x, **self.forward_kwargs)
+                    loss = F.cross_entropy(logits, y)
             if penalize:
                 loss = loss + reg.penalty(model)
             if on_cpu:
@@ -333,7 +372,11 @@ class Engine:
                 loss_total += loss.detach() * len(y)
             if not lean_step:  # plain_sgd_step_ drops the gradients itself
                 opt.zero_grad(set_to_none=True)
-            loss.backward(retain_graph=self.retain_graph)
+            if amp is None:
+                loss.backward(retain_graph=self.retain_graph)
+            else:
+                amp.backward(loss, self.retain_graph)
+                amp.unscale(opt)  # before anything reads the gradients
             if penalize:
                 reg.before_step(model, logits, y)
             if has_before:
@@ -341,7 +384,7 @@ class Engine:
             if lean_step:
                 plain_sgd_step_(self.params, lr, clip)
             elif clip is None:
-                opt.step()
+                self.optimizer_step()
             else:
                 self.clipped_step(clip)
             if has_constraints:
@@ -370,7 +413,13 @@ class Engine:
             scale_gradients_(self.params, coef.clamp(max=1.0))
         elif float(coef) < 1.0:
             scale_gradients_(self.params, coef)
-        self.optimizer.step()
+        self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        if self.amp is None:
+            self.optimizer.step()
+        else:  # fp16: skipped when a gradient overflowed
+            self.amp.step(self.optimizer)
 
     def diverged(self, task: Task, epoch_in_task: int, step: int | None, what: str):
         where = f"task {task.index} ({task.name}), epoch {epoch_in_task + 1}" + (f", step {step}" if step is not None else "")

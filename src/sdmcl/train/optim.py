@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from sdmcl.config import OptimConfig
@@ -85,3 +86,58 @@ def plain_sgd_step_(params, lr: float, max_norm: float | None) -> float:
                 p.add_(p.grad, alpha=-lr * c)
                 p.grad = None
     return c
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+
+SCHEDULES = {
+    "constant": "the optimizer's lr throughout (the reference); optional linear warm-up (optim.warmup_epochs)",
+    "onecycle": "Trockman & Kolter's ConvMixer schedule: linear 0 → lr over the first 40%, → lr/20 at 80%, → 0 at the end",
+    "warmup_cosine": "linear warm-up over optim.warmup_epochs, then cosine decay to 0",
+}
+
+
+class LRSchedule:
+    """The learning rate as a function of the position in the schedule's span, in epochs.
+
+    The position of a step is the epochs completed in the span plus the fraction of the
+    current epoch done after the step (as Trockman & Kolter's ConvMixer training does), so
+    it depends only on (task, epoch, step): a resumed run steps with the same rates. The
+    span is the whole run (`schedule_span: run`) or each task (`task`, restarting)."""
+
+    def __init__(self, cfg: OptimConfig, epochs_per_task: int, num_tasks: int):
+        self.kind = cfg.schedule
+        self.base_lr = cfg.lr
+        self.warmup = cfg.warmup_epochs
+        self.per_task = cfg.schedule_span == "task"
+        self.epochs_per_task = epochs_per_task
+        self.span = epochs_per_task * (1 if self.per_task else num_tasks)
+
+    def factor(self, t: float) -> float:
+        """lr / base lr at position `t` (epochs) of the span."""
+        span, warm = self.span, self.warmup
+        if self.kind == "onecycle":
+            return float(np.interp(t, [0.0, span * 2 / 5, span * 4 / 5, span], [0.0, 1.0, 1 / 20, 0.0]))
+        if warm > 0 and t < warm:
+            return t / warm
+        if self.kind == "warmup_cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (t - warm) / max(span - warm, 1e-12))))
+        return 1.0
+
+    def position(self, task_index: int, epoch_in_task: int, epoch_fraction: float) -> float:
+        done = epoch_in_task if self.per_task else task_index * self.epochs_per_task + epoch_in_task
+        return done + epoch_fraction
+
+    def apply(self, optimizer: torch.optim.Optimizer, task_index: int, epoch_in_task: int, epoch_fraction: float) -> float:
+        """Set the rate of every parameter group for the next step; returns it."""
+        lr = self.base_lr * self.factor(self.position(task_index, epoch_in_task, epoch_fraction))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+
+def build_schedule(cfg: OptimConfig, epochs_per_task: int, num_tasks: int) -> LRSchedule | None:
+    """None when the rate is constant (the default): the engine then never touches it."""
+    if cfg.schedule == "constant" and not cfg.warmup_epochs:
+        return None
+    return LRSchedule(cfg, epochs_per_task, num_tasks)
