@@ -105,8 +105,9 @@ class ConvMixerTrunk(nn.Module):
         self.patch_norm = nn.BatchNorm2d(cfg.hdim)
         self.act = nn.GELU()
         self.blocks = nn.Sequential(*[MixerBlock(cfg.hdim, cfg.kernel_size) for _ in range(cfg.depth)])
-        # channels-last activations and kernels: 1.5-1.8x faster training steps on CPU here
-        # (docs/convmixer.md), and the layout GPU convolutions prefer; same values up to rounding
+        # channels-last activations and kernels: 1.5-1.7x faster training steps on CPU here
+        # (benchmarks/convmixer_layout.py), and the layout GPU convolutions prefer; same
+        # values up to rounding
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

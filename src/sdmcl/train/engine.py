@@ -216,7 +216,7 @@ class Engine:
         # per-step extras, None unless configured (module docstring)
         self.augment = build_augmenter(cfg.augment, prepared.input_shape)
         self.schedule = build_schedule(cfg.optim, cfg.train.epochs_per_task, len(self.tasks)) if self.optimizer else None
-        self.amp = build_mixed_precision(cfg.train.precision, self.device, self.model) if self.optimizer else None
+        self.amp = build_mixed_precision(cfg.train.precision, self.device, self.model)
         self.state = RunState()
         # a model's fixed input transform (SDMLP: relu, L2 norm) is applied once per data
         # split, not to every minibatch (models/base.py: prepare_inputs)
