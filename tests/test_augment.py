@@ -159,3 +159,26 @@ def test_augment_config_errors(tmp_path):
         Augmenter(AugmentConfig(enabled=True, erase_value=[0.1, 0.2]), (3, 4, 4))
     with pytest.raises(ConfigError, match=r"needs images \(channels, height, width\).*\(256,\)"):
         Augmenter(AugmentConfig(enabled=True), (256,))
+
+
+def test_sdmlp_on_augmented_pixels_prepares_each_augmented_batch(tmp_path):
+    """A model with a fixed input transform (SDMLP: relu, L2 norm) gets it applied after the
+    augmentation, minibatch by minibatch."""
+    from sdmcl.train.engine import Engine, prepare
+    from sdmcl.train.rundir import RunDir
+
+    cfg = parse_config({
+        "data": {"source": "digits"}, "model": {"name": "sdmlp", "neurons": 32, "k": 3},
+        "augment": {"enabled": True, "crop_scale": 0.6}, "benchmark": {"num_tasks": 1},
+        "train": {"epochs_per_task": 1, "threads": 1}, "output": {"dir": str(tmp_path), "progress": False},
+    })
+    prepared = prepare(cfg)
+    engine = Engine(prepared, RunDir(tmp_path / "unused"), progress=False, log=lambda s: None)
+    seen = []
+    engine.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args[0].clone(), kwargs)), with_kwargs=True)
+    engine.train_epoch(prepared.tasks[0], 0)
+    x, kwargs = seen[0]
+    assert kwargs == {"prepared": True}
+    assert torch.allclose(x.norm(dim=1), torch.ones(len(x)), atol=1e-5)
+    raw = engine.model.prepare_inputs(prepared.tasks[0].train_x)
+    assert not any(torch.allclose(x[:1], raw[i : i + 1]) for i in range(len(raw)))  # augmented, then prepared
