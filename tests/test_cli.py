@@ -27,7 +27,8 @@ def test_run_experiment_prints_per_task_and_table(tmp_path, capsys):
     }))
     assert main(["run", str(cfg), "--no-progress", "optim.lr=0.1"]) == 0
     out = capsys.readouterr().out
-    assert "sdm: final per-task accuracy" in out and "relu: final average accuracy" in out
+    assert "after task 5/5" in out  # per-task lines
+    assert "[1/2] relu (seed 0): finished, final avg acc" in out and "[2/2] sdm (seed 0): finished" in out
     assert "final avg acc %" in out  # the comparison table
     assert len(list((tmp_path / "runs").iterdir())) == 2
 

@@ -32,16 +32,44 @@ def cmd_run(args) -> int:
     else:
         if not args.config:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
-        runs = load_experiment(args.config, args.overrides)
+        runs = load_experiment(args.config, args.overrides, args.grid, args.only)
         resume = None
-    from sdmcl.launch import run_many
+    report = launch(runs, args, resume=resume)
+    if len(report.results) > 1:
+        print()
+        print(results_table(report))
+    return finish_launch(report)
+
+
+def launch(runs, args, resume=None):
+    """run_many with the launch options of the command line."""
+    from sdmcl.launch import parse_shard, run_many
+
+    return run_many(runs, resume=resume, progress=not args.no_progress, jobs=args.jobs, backend=args.backend,
+                    address=args.address, shard=parse_shard(args.shard), rerun=args.rerun,
+                    oversubscribe=args.oversubscribe, gpus_per_run=args.gpus_per_run)
+
+
+def results_table(report) -> str:
     from sdmcl.report import comparison_table
 
-    results = run_many(runs, resume=resume, progress=not args.no_progress)
-    if len(results) > 1:
-        print()
-        print(comparison_table(results))
-    return 0
+    table = comparison_table(report.results)
+    if report.shard is not None:
+        table += (f"\n(shard {report.shard[0]}/{report.shard[1]}: only this launcher's runs; "
+                  "`sdmcl report` on the output directory tables every shard's runs)")
+    return table
+
+
+def finish_launch(report) -> int:
+    """Notes on runs that did not finish here; exit 3 if one diverged."""
+    skipped = report.with_status("skipped")
+    if skipped:
+        print(f"sdmcl: {len(skipped)} run(s) skipped, in use by other processes: "
+              + ", ".join(o.run_dir for o in skipped) + "; run the command again once they finish", file=sys.stderr)
+    diverged = report.with_status("diverged")
+    for o in diverged:
+        print(f"sdmcl: {o.label} (seed {o.seed}): {o.message}", file=sys.stderr)
+    return 3 if diverged else 0
 
 
 def cmd_compare(args) -> int:
@@ -52,18 +80,15 @@ def cmd_compare(args) -> int:
         overrides = list(args.overrides)
         if args.seeds:
             overrides.append("seeds=[" + ",".join(map(str, args.seeds)) + "]")
-        for label, cfg in load_experiment(path, overrides):
+        for label, cfg in load_experiment(path, overrides, args.grid, args.only):
             runs.append((label if label != cfg.name or len(args.configs) == 1 else Path(path).stem, cfg))
-    from sdmcl.launch import run_many
-    from sdmcl.report import comparison_table
-
-    results = run_many(runs, progress=not args.no_progress)
+    report = launch(runs, args)
     print()
-    table = comparison_table(results)
+    table = results_table(report)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
-    return 0
+    return finish_launch(report)
 
 
 def cmd_report(args) -> int:
@@ -102,6 +127,24 @@ def cmd_list(args) -> int:
     return 0
 
 
+def add_launch_options(p: argparse.ArgumentParser) -> None:
+    """Which runs of an experiment, and where they train."""
+    g = p.add_argument_group("which runs")
+    g.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
+                   help="only runs whose label, variant or grid value matches a glob (e.g. 'sdmlp*' 'k=5')")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="one run per value (repeat for a cross product), e.g. --grid model.k=1,5,10")
+    g.add_argument("--shard", metavar="I/N", help="take runs I, I+N, I+2N, ... (launchers 0/N ... N-1/N share an experiment)")
+    g.add_argument("--rerun", action="store_true", help="train finished runs again from the start")
+    g = p.add_argument_group("where they train")
+    g.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at once in N local processes (threads divided among them)")
+    g.add_argument("--oversubscribe", action="store_true", help="allow --jobs × train.threads above the core count")
+    g.add_argument("--backend", choices=["local", "ray"], default="local", help="ray: one Ray task per run")
+    g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start Ray on this machine)")
+    g.add_argument("--gpus-per-run", type=float, metavar="G",
+                   help="Ray: GPUs each run asks for (default 1 if train.device is cuda, or auto on a cluster with GPUs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sdmcl", description="Continual learning with Sparse Distributed Memory MLPs")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -111,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.k=5 train.epochs_per_task=50 seeds=[0,1,2]")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_launch_options(r)
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compare", help="run several configs × seeds and print one table (mean ± s.e.m.)")
@@ -119,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every config")
     c.add_argument("--out", help="also write the table to this file")
     c.add_argument("--no-progress", action="store_true")
+    add_launch_options(c)
     c.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="table of finished runs")
@@ -157,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"sdmcl: error: {e}", file=sys.stderr)
         return e.exit_code
-    except StopRequested:
-        print("sdmcl: stopped by signal; a checkpoint was written. Resume with the same command, or `sdmcl run --resume RUN_DIR`.",
-              file=sys.stderr)
+    except StopRequested as e:
+        dirs = e.run_dirs or ["RUN_DIR"]
+        print("sdmcl: stopped by signal; a checkpoint was written. Resume with the same command, or "
+              + "; ".join(f"`sdmcl run --resume {d}`" for d in dirs) + ".", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("sdmcl: interrupted", file=sys.stderr)
