@@ -16,6 +16,7 @@ import copy
 import json
 import multiprocessing
 import os
+import shlex
 import signal
 import sys
 import time
@@ -148,13 +149,17 @@ def _prepared_for(cfg):
 
 
 def train_one(label: str, cfg, rerun: bool = False, resume: bool | None = None, quiet: bool = True,
-              progress: bool = False, log=None) -> Outcome:
+              progress: bool = False, log=None, command: str | None = None) -> Outcome:
     """Train (or reuse, or resume) one run; every expected way it can end becomes an Outcome.
     A module-level function so worker processes and Ray tasks can import it."""
     from sdmcl.errors import DivergenceError
     from sdmcl.train.engine import StopRequested, run
     from sdmcl.train.rundir import RunDir, RunLocked, run_dir_for
 
+    from sdmcl import provenance
+
+    if command is not None:
+        provenance.set_command(command)
     t0 = time.perf_counter()
     rd_path = str(RunDir(run_dir_for(cfg)).path)
     if log is None:
@@ -222,7 +227,7 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
              shard: tuple[int, int] | None = None, rerun: bool = False, oversubscribe: bool = False,
              gpus_per_run: float | None = None) -> LaunchReport:
     """Run every (label, RunConfig) not yet finished. Returns what became of each run."""
-    from sdmcl.train.rundir import RunDir, run_dir_for
+    from sdmcl.train.rundir import RunDir, RunLocked, run_dir_for
 
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
@@ -260,6 +265,8 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
                 print_run(label, rd, o.summary)
             continue
         holder = rd.lock_holder()
+        if holder is not None and resume:
+            raise RunLocked(rd.path, holder)  # the one run asked for by --resume
         if holder is not None:
             print(f"{rd.path}: skipped, in use by process {holder} (another launcher is training it)")
             outcomes[i] = Outcome(label, cfg.seed, str(rd.path), "skipped", message=f"in use by process {holder}")
@@ -333,7 +340,7 @@ def _run_processes(runs, todo, outcomes, bar, rerun, resume, jobs) -> None:
         with ProcessPoolExecutor(max_workers=min(jobs, max(len(todo), 1)), mp_context=ctx, initializer=_worker_init) as pool:
             for i in todo:
                 label, cfg = runs[i]
-                pending[pool.submit(train_one, label, cfg, rerun, resume)] = i
+                pending[pool.submit(train_one, label, cfg, rerun, resume, command=shlex.join(sys.argv))] = i
             while pending:
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -376,7 +383,7 @@ def _run_ray(runs, todo, outcomes, bar, rerun, resume, address, gpus_per_run) ->
             gpus = gpus_per_run
             if gpus is None:  # a CUDA device, or `auto` where the cluster has GPUs: one GPU per run
                 gpus = 1 if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and has_gpus) else 0
-            refs[task.options(num_cpus=cpus, num_gpus=gpus).remote(label, cfg, rerun, resume)] = i
+            refs[task.options(num_cpus=cpus, num_gpus=gpus).remote(label, cfg, rerun, resume, command=shlex.join(sys.argv))] = i
         try:
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)

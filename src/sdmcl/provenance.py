@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 FILE_NAME = "provenance.json"
+_command: str | None = None  # the launcher's command line, when this process is its worker
 CODE_KEYS = ("sdmcl_version", "git_commit", "git_dirty", "source_diff_sha256")
 
 
@@ -86,8 +87,15 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "command": shlex.join(sys.argv),
+        "command": _command or shlex.join(sys.argv),
     }
+
+
+def set_command(command: str | None) -> None:
+    """Record `command` (the launcher's command line) instead of this process's own argv: a
+    worker process or Ray task was started by something else than the user's command."""
+    global _command
+    _command = command
 
 
 def session_record() -> dict:

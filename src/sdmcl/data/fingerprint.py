@@ -61,6 +61,14 @@ def _write_cache(file: Path, entries: dict) -> None:
         pass  # a read-only cache only costs a re-hash next time
 
 
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_sha256(path: Path, data_dir: str | None = None) -> str:
     """sha256 of a file's bytes, remembered per (real path, size, mtime, inode)."""
     key = _file_key(path)
@@ -69,11 +77,7 @@ def file_sha256(path: Path, data_dir: str | None = None) -> str:
     cache = _cache_file(data_dir)
     digest = _read_cache(cache).get(key)
     if not isinstance(digest, str):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
+        digest = _hash_file(path)
         _write_cache(cache, {key: digest})
     _memo[key] = digest
     return digest

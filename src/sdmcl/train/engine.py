@@ -40,7 +40,7 @@ from sdmcl import metrics
 from sdmcl.config import RunConfig
 from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.data.fingerprint import content_id as data_content_id
-from sdmcl.errors import CheckpointError, DataError, DivergenceError
+from sdmcl.errors import CheckpointError, DataError, DivergenceError, OutputError
 from sdmcl.registry import MODELS, REGULARIZERS
 from sdmcl.train.callbacks import build_callbacks, overrides
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
@@ -558,7 +558,10 @@ def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: 
             summary = engine.run(resume=not fresh)
         except BaseException as e:
             if engine.provenance.record["status"] == "running":
-                engine.provenance.close({StopRequested: "stopped", DivergenceError: "diverged"}.get(type(e), "failed"))
+                try:
+                    engine.provenance.close({StopRequested: "stopped", DivergenceError: "diverged"}.get(type(e), "failed"))
+                except OutputError:
+                    pass  # e.g. the disk is full: the original error is the one to report
             raise
     return rd, summary
 
