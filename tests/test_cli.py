@@ -54,3 +54,32 @@ def test_every_shipped_experiment_validates():
     assert len(files) >= 5
     for path in files:
         assert load_experiment(path), path
+
+
+def test_messages_suggest_only_flags_that_exist():
+    """Every --flag written in sdmcl's strings (messages, help) is an option of some command."""
+    import argparse
+    import ast
+    import re
+
+    from sdmcl.cli import build_parser
+
+    known = set()
+    parsers = [build_parser()]
+    while parsers:
+        p = parsers.pop()
+        for action in p._actions:
+            known.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    used = {}
+    for path in (ROOT / "src/sdmcl").rglob("*.py"):
+        if path.name == "provenance.py":  # git's own options
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", node.value):
+                    used.setdefault(flag, path.name)
+    assert used, "the scan found no flags at all"
+    unknown = {f: where for f, where in used.items() if f not in known}
+    assert not unknown, unknown

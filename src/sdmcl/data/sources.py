@@ -173,8 +173,8 @@ def _download(info: SourceInfo, folder: Path, files: list[RemoteFile]) -> None:
             names = ", ".join(f.name for f in files[i:])
             raise DataError(
                 f"{info.name}: could not download {names} into {folder} ({reasons[-1]}); "
-                "copy the official files there (data.data_dir / --data-dir moves the cache), "
-                "or set data.path (--path) to a directory that holds them"
+                "copy the official files there (data.data_dir, or --data-dir of `sdmcl data`, moves the cache), "
+                "or set data.path to a directory that holds them"
             )
 
 
