@@ -273,6 +273,10 @@ def test_ray_backend_gives_the_same_numbers(tmp_path, capsys):
     assert results(tmp_path / "runs") == results(seq_dir)
     (d, _) = sorted((tmp_path / "runs").iterdir())
     assert sessions(d)[0]["command"] == shlex.join(sys.argv)
+    capsys.readouterr()
+    # a request no node can meet is an error, not a wait forever
+    assert main(["run", str(exp), "train.device=cuda", "--no-progress", "--backend", "ray", "--only", "relu"]) == 2
+    assert "asks for 1 GPU(s) (train.device cuda" in capsys.readouterr().err
 
 
 def test_ray_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):

@@ -371,7 +371,9 @@ def _run_ray(runs, todo, outcomes, bar, rerun, resume, address, gpus_per_run) ->
     else:
         ray.init(num_cpus=available_cores(), include_dashboard=False, logging_level="warning")
     try:
-        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        node_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+        node_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
         task = ray.remote(train_one)
         refs = {}
         for i in todo:
@@ -382,7 +384,15 @@ def _run_ray(runs, todo, outcomes, bar, rerun, resume, address, gpus_per_run) ->
                 cfg.train.threads = 1
             gpus = gpus_per_run
             if gpus is None:  # a CUDA device, or `auto` where the cluster has GPUs: one GPU per run
-                gpus = 1 if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and has_gpus) else 0
+                gpus = 1 if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and node_gpus > 0) else 0
+            # a request no node can meet would wait forever
+            if cpus > node_cpus:
+                raise ConfigError(f"train.threads={cpus}: no node of the Ray cluster has {cpus} CPUs (the largest has "
+                                  f"{node_cpus:g}); lower train.threads")
+            if gpus > node_gpus:
+                raise ConfigError(f"{label}: each run asks for {gpus:g} GPU(s) (train.device {cfg.train.device}, "
+                                  f"--gpus-per-run) but no node of the Ray cluster has that many; use train.device=cpu "
+                                  "or a smaller --gpus-per-run")
             refs[task.options(num_cpus=cpus, num_gpus=gpus).remote(label, cfg, rerun, resume, command=shlex.join(sys.argv))] = i
         try:
             while refs:
