@@ -30,6 +30,16 @@ def test_readme_example_applies_each_override_where_the_key_exists():
     assert sorted({cfg.seed for _, cfg in runs}) == [0, 1, 2]
 
 
+def test_notes_name_the_variants_an_override_does_not_reach():
+    notes = []
+    expand(BASE, ["model.k=5"], grid=["optim.lr=0.1,0.2"], notes=notes)
+    assert notes == ["override model.k does not apply to relu, fly (no such key there)",
+                     "grid axis optim.lr does not apply to fly (no such key there)"]
+    notes = []
+    expand(BASE, ["model.k=5"], only=["sdm"], notes=notes)
+    assert notes == []
+
+
 def test_override_that_no_variant_has_is_an_error_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"model\.kk: unknown key; did you mean 'model\.k'.*no variant has it"):
         expand(BASE, ["model.kk=3"])

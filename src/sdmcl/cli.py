@@ -15,7 +15,7 @@ from sdmcl.errors import DivergenceError, UserError
 
 
 def cmd_run(args) -> int:
-    from sdmcl.config import load_experiment, parse_config, read_yaml
+    from sdmcl.config import parse_config, read_yaml
 
     if args.resume:
         rd_path = Path(args.resume)
@@ -32,7 +32,11 @@ def cmd_run(args) -> int:
     else:
         if not args.config:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
-        runs = load_experiment(args.config, args.overrides, args.grid, args.only)
+        from sdmcl.experiment import load
+
+        runs, notes = load(args.config, args.overrides, args.grid, args.only)
+        for note in notes:
+            print(f"note: {note}")
         resume = None
     report = launch(runs, args, resume=resume)
     if len(report.results) > 1:

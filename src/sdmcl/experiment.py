@@ -164,9 +164,11 @@ def _short_names(keys: list[str]) -> dict[str, str]:
 # ---------------------------------------------------------------- expansion
 
 
-def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: list[str] = ()) -> list[PlannedRun]:
+def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: list[str] = (),
+           notes: list[str] | None = None) -> list[PlannedRun]:
     """Every run of an experiment dict: variants × grid points × seeds, overrides applied,
-    restricted to the labels matching `only` (glob patterns)."""
+    restricted to the labels matching `only` (glob patterns). If `notes` is a list, a line is
+    added to it for each override or axis that some variants do not have."""
     load_all()
     raw = json.loads(json.dumps(raw))  # deep copy, and a check that it is plain data
     if not isinstance(raw, dict):
@@ -202,6 +204,7 @@ def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: lis
     axis_keys = list(axes)
     short = _short_names(axis_keys)
     reached: set[str] = set()
+    missed: dict[str, list[str]] = {}  # key -> variants it does not reach
     variant_raws = []
     plans: list[PlannedRun] = []
     for label, changes in variants.items():
@@ -224,6 +227,10 @@ def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: lis
             point_items = _apply(run_raw, list(zip(axis_keys, values)))
             applied_cli = _apply(run_raw, cli)  # command-line overrides win over grid and variant
             reached.update(k for k, _ in point_items + applied_cli)
+            got = {k for k, _ in point_items + applied_cli}
+            for key in [k for k, _ in cli] + axis_keys:
+                if key not in got and label not in missed.setdefault(key, []):
+                    missed[key].append(label)
             point_id = json.dumps(point_items, sort_keys=True)
             if point_id in seen_points:
                 continue  # no axis that differs here reaches this variant
@@ -250,7 +257,23 @@ def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: lis
             raise _missing_everywhere(key, variant_raws, "grid axis")
     if only:
         plans = select(plans, only)
+    if notes is not None:
+        selected = {p.variant for p in plans}
+        for key, labels in missed.items():
+            labels = [v for v in labels if v in selected]
+            if labels:
+                what = "override" if key in dict(cli) else "grid axis"
+                notes.append(f"{what} {key} does not apply to {', '.join(labels)} (no such key there)")
     return plans
+
+
+def load(path, overrides: list[str] = (), grid: list[str] = (), only: list[str] = ()) -> tuple[list[tuple[str, RunConfig]], list[str]]:
+    """(label, RunConfig) of every run of an experiment file, and notes on partial overrides."""
+    from sdmcl.config import read_yaml
+
+    notes: list[str] = []
+    plans = expand(read_yaml(path), overrides, grid, only, notes)
+    return [(p.label, p.cfg) for p in plans], notes
 
 
 def _names_of(plan: PlannedRun) -> set[str]:
