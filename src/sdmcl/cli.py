@@ -60,7 +60,7 @@ def results_table(report) -> str:
     table = comparison_table(report.results)
     if report.shard is not None:
         table += (f"\n(shard {report.shard[0]}/{report.shard[1]}: only this launcher's runs; "
-                  "`sdmcl report` on the output directory tables every shard's runs)")
+                  "once every shard is done, `sdmcl report` on their run directories tables them all)")
     return table
 
 
