@@ -171,7 +171,7 @@ def train_one(label: str, cfg, rerun: bool = False, resume: bool | None = None, 
         if not (rd.is_finished() and not rerun and not resume):
             prepared = _prepared_for(cfg)
         rd, summary = run(cfg, resume=resume, progress=progress, log=log, prepared=prepared, rerun=rerun)
-        outcome.status = "reused" if getattr(rd, "reused", False) else "finished"
+        outcome.status = "reused" if rd.reused else "finished"
         outcome.summary = summary
     except RunLocked as e:
         outcome.status, outcome.message = "skipped", f"in use by process {e.holder}"

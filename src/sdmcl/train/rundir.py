@@ -41,6 +41,8 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 
 class RunDir:
+    reused = False  # set when a finished run's summary is returned instead of training it
+
     def __init__(self, path: Path):
         self.path = Path(path)
 
