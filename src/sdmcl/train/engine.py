@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from sdmcl import metrics
-from sdmcl.config import RunConfig
+from sdmcl.config import RunConfig, result_identity
 from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.data.fingerprint import content_id as data_content_id
 from sdmcl.errors import CheckpointError, DataError, DivergenceError, OutputError
@@ -240,8 +240,8 @@ class Engine:
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir.checkpoint_path, map_location=self.device)
-        diffs = config_differences(ckpt["config"], self.cfg.to_dict())
-        diffs = [d for d in diffs if not d.startswith("output.")]
+        # keys that do not change results (output, threads, data location, ...) may differ
+        diffs = config_differences(result_identity(ckpt["config"]), result_identity(self.cfg.to_dict()))
         if diffs:
             raise CheckpointError(f"{self.run_dir.checkpoint_path}: written by a different config: {'; '.join(diffs)}; "
                                   "delete the run directory to start over or restore the config")
