@@ -70,6 +70,16 @@ class LaunchReport:
     def with_status(self, *statuses: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status in statuses]
 
+    # read as the list of (label, summary) that run_many used to return
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i):
+        return self.results[i]
+
 
 # ---------------------------------------------------------------- planning
 
