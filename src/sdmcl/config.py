@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from sdmcl.errors import ConfigError
-from sdmcl.registry import MODELS, REGULARIZERS, load_all
+from sdmcl.registry import LOGGERS, MODELS, REGULARIZERS, load_all
 
 
 @dataclass
@@ -72,6 +72,8 @@ class OutputConfig:
     checkpoint_every: int = 0  # epochs; 0 = at task ends only
     plots: bool = True
     progress: bool = True
+    loggers: list[str] = field(default_factory=list)  # tensorboard | wandb (metrics.jsonl/csv are always written)
+    wandb_project: str = "sdmcl"
 
 
 @dataclass
@@ -121,6 +123,18 @@ def result_identity(d: dict) -> dict:
         if isinstance(node, dict):
             node.pop(last, None)
     return d
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: {'model': {'k': 5}} → {'model.k': 5} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
 
 
 EXPERIMENT_KEYS = ("seeds", "variants", "grid")
@@ -283,9 +297,29 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("benchmark.class_order_seed: required when class_order is 'seeded' (the paper used 3, 15, 27, 97)")
     if order != "seeded" and cfg.benchmark.class_order_seed is not None:
         raise ConfigError("benchmark.class_order_seed: only used with class_order: seeded; set class_order: seeded or remove it")
+    check_loggers(cfg.output.loggers)
     gradient_free = not getattr(MODELS[cfg.model.name].build, "uses_gradients", True)
     if gradient_free and cfg.regularizer.name != "none":
         raise ConfigError(f"regularizer.name: {cfg.regularizer.name!r} needs gradients, but model {cfg.model.name!r} learns without them; use regularizer: {{name: none}}")
+
+
+def check_loggers(names: list[str]) -> None:
+    """Known logger names, each once, with their optional packages installed."""
+    import importlib.util
+
+    for i, name in enumerate(names):
+        if name not in LOGGERS:
+            near = difflib.get_close_matches(str(name), list(LOGGERS), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"output.loggers: unknown logger {name!r}{hint}; choose from {', '.join(sorted(LOGGERS))}")
+        if name in names[:i]:
+            raise ConfigError(f"output.loggers: {name!r} is listed twice")
+        entry = LOGGERS[name]
+        missing = [m for m in entry.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            how = f"pip install 'sdmcl[{entry.extra}]'" if entry.extra else f"pip install {missing[0]}"
+            raise ConfigError(f"output.loggers: {name!r} needs the {missing[0]} package, which is not installed; "
+                              f"{how}, or remove {name!r} from output.loggers")
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -23,6 +23,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sdmcl.errors import ConfigError, UserError
 
@@ -54,6 +55,7 @@ class Outcome:
     summary: dict | None = None
     message: str = ""
     seconds: float = 0.0
+    cfg: Any = None  # the run's RunConfig (set by the launcher)
 
 
 @dataclass
@@ -66,6 +68,11 @@ class LaunchReport:
     def results(self) -> list[tuple[str, dict]]:
         """(label, summary) of every finished or reused run, in the experiment's order."""
         return [(o.label, o.summary) for o in self.outcomes if o.summary is not None]
+
+    @property
+    def config_results(self) -> list[tuple[Any, dict]]:
+        """(RunConfig, summary) of every finished or reused run: what report tables group."""
+        return [(o.cfg, o.summary) for o in self.outcomes if o.summary is not None]
 
     def with_status(self, *statuses: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status in statuses]
@@ -293,6 +300,9 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
             _run_here(runs, todo, outcomes, bar, rerun, resume, progress)
     finally:
         bar.close()
+    for o, (_, cfg) in zip(outcomes, runs):
+        if o is not None:
+            o.cfg = cfg
     report.outcomes = [o for o in outcomes if o is not None]
     errors = report.with_status("error")
     if errors:

@@ -519,11 +519,14 @@ class Engine:
         # future tasks (evaluated at task ends for the full matrix) are not drawn before they are trained
         hist = [{"epoch": h["epoch"], "task_accuracy": [a if j <= h["task"] else None for j, a in enumerate(h["task_accuracy"])]
                  + [None] * (len(self.tasks) - len(h["task_accuracy"]))} for h in self.state.history]
-        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels)
-        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels)
+        run = rd.path.name  # titles name the run: plots copied elsewhere still say whose they are
+        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels,
+                                   title=f"{run}: accuracy of every task over training")
+        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels,
+                                   title=f"{run}: accuracy matrix (%)")
         dead = [{"epoch": h["epoch"], "fraction_dead": h["fraction_dead"]} for h in self.state.history if h.get("fraction_dead") is not None]
         if dead:
-            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png")
+            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png", title=f"{run}: dead neurons over training")
 
 
 def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: Callable[[str], None] = print,
