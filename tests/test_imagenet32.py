@@ -146,3 +146,15 @@ def test_authors_embedding_format_and_lfs_pointer(tmp_path):
         "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 10240939\n")
     with pytest.raises(DataError, match="all_data_test.pt: not loadable as tensors"):
         load_dataset("embeddings", path=str(tmp_path))
+
+
+def test_imagenet32_content_identifies_the_release_files(tmp_path):
+    """The run stamp identifies a user's ImageNet32 copy by the files the loader reads (in the
+    release's subdirectories), not by where they lie."""
+    from sdmcl.data.fingerprint import content_id
+
+    write_release(tmp_path / "a")
+    write_release(tmp_path / "b")
+    assert content_id("imagenet32", str(tmp_path / "a")) == content_id("imagenet32", str(tmp_path / "b"))
+    (tmp_path / "b" / "Imagenet32_val" / "val_data").write_bytes(pickle.dumps(batch(1, 3, 9)))
+    assert content_id("imagenet32", str(tmp_path / "a")) != content_id("imagenet32", str(tmp_path / "b"))
