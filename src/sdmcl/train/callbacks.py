@@ -60,5 +60,7 @@ def overrides(cb: Callback, hook: str) -> bool:
 
 
 def build_callbacks(cfg) -> list[Callback]:
-    """The callbacks a run config asks for (none by default)."""
-    return []
+    """The callbacks a run config asks for; the pitfall warnings (train/pitfalls.py) always."""
+    from sdmcl.train.pitfalls import PitfallWarnings
+
+    return [PitfallWarnings()]
