@@ -251,7 +251,17 @@ def test_warning_for_an_unfinished_gaba_switch(tmp_path):
     rd, summary = run(cfg, log=logs.append)
     assert len(summary["warnings"]) == 1 and "GABA switch has not completed" in summary["warnings"][0]
     assert sum("warning: the GABA switch" in line for line in logs) == 1
-    assert "16.0 units active per input, k = 2" in summary["warnings"][0]
+    assert "16.0 units active per test input of that task (k = 2)" in summary["warnings"][0]
+
+
+def test_gaba_warning_threshold():
+    from sdmcl.train.pitfalls import gaba_switch_unfinished
+
+    cfg = SDMLPConfig(k=5)  # warn above max(3k, k + 5) = 15
+    assert not gaba_switch_unfinished(cfg, 15.0) and gaba_switch_unfinished(cfg, 15.1)
+    assert gaba_switch_unfinished(SDMLPConfig(k=1), 6.1) and not gaba_switch_unfinished(SDMLPConfig(k=1), 6.0)
+    assert not gaba_switch_unfinished(SDMLPConfig(k=5, k_approach="mask"), 1000.0)
+    assert not gaba_switch_unfinished(ReLUMLPConfig(), 1000.0)
 
 
 def test_warning_for_signed_inputs_through_the_input_relu(tmp_path):

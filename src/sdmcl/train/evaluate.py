@@ -5,9 +5,9 @@ fixed input transform (`prepare_inputs`), transformed once, so an evaluation is 
 matrix products in chunks of `train.eval_batch_size`. One evaluation gives, for the first
 `num_tasks` tasks: class-incremental accuracy (argmax over every class), task-aware
 accuracy (argmax among the classes of the sample's own task), the mean number of
-hidden units > 0 per input and, over the test sets of the tasks trained so far, each
-unit's summed activation (the reference's dead-neuron statistic; models with
-`forward_with_hidden`).
+hidden units > 0 per input (over all evaluated test sets, and over those of the tasks
+trained so far) and, over the latter, each unit's summed activation (the reference's
+dead-neuron statistic; models with `forward_with_hidden`).
 
 The tasks trained so far ("seen") come first in the concatenated test set. With
 `gaba_counting: reference` the engine passes `seen_context`, under which the seen tasks'
@@ -60,6 +60,7 @@ class Evaluator:
         pred = torch.empty(end, dtype=torch.long, device=self.device)
         pred_task_aware = torch.empty(end, dtype=torch.long, device=self.device)
         active = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen_active = torch.zeros((), dtype=torch.float64, device=self.device)
         activation_sums = None  # per unit, over the seen tasks' test samples
         has_hidden = hasattr(model, "forward_with_hidden")
         kw = self.forward_kwargs
@@ -78,8 +79,11 @@ class Evaluator:
                         logits, h = model.forward_with_hidden(x, **kw)
                         # units > 0, counted per row in float32 (exact) and summed in float64; on
                         # CPU several times faster than (h > 0).sum()
-                        active += h.sign().clamp_min_(0).sum(1).sum(dtype=torch.float64)
-                        if s < seen_end:  # per unit, summed in float32 per chunk, in float64 across chunks
+                        row_active = h.sign().clamp_min_(0).sum(1)
+                        active += row_active.sum(dtype=torch.float64)
+                        if s < seen_end:
+                            seen_active += row_active[: seen_end - s].sum(dtype=torch.float64)
+                            # per unit, summed in float32 per chunk, in float64 across chunks
                             chunk_sums = h[: seen_end - s].sum(0)
                             if activation_sums is None:
                                 activation_sums = torch.zeros(chunk_sums.shape, dtype=torch.float64, device=self.device)
@@ -103,6 +107,7 @@ class Evaluator:
             "task_accuracy": accuracies(pred),
             "task_aware_accuracy": accuracies(pred_task_aware),
             "active_per_input": float(active) / max(end, 1) if has_hidden else None,
+            "seen_active_per_input": float(seen_active) / max(seen_end, 1) if has_hidden else None,
             # the reference's definition: summed activation over the seen tasks' test sets < 1e-4
             "fraction_dead_reference_test": (metrics.fraction_dead_by_activation(activation_sums.cpu().numpy())
                                              if activation_sums is not None else None),
