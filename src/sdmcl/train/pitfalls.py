@@ -7,7 +7,7 @@ listed under `warnings` in summary.json.
   on the first task's test set at its end. A finished switch leaves k active, a few more
   while the last neurons complete theirs: the Split Fashion-MNIST runs of
   docs/results.md end task 1 with 10.6 (T = 150,000) and 15.2 (T = 200,000) active for
-  k = 10, the quickstart with about 2k; a switch that has barely started leaves all on.
+  k = 10, the quickstart 9.8 for k = 5; a switch that has barely started leaves all on.
   (Inputs of tasks not yet trained activate more units; they are not counted here.)
 - The input ReLU of a model with non-negative weights (SDMLP `positive_weights`) removes
   more than `RELU_MASS_LIMIT` of the training inputs' L1 mass: signed inputs (embeddings
