@@ -44,9 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from sdmcl import metrics
-from sdmcl.config import RunConfig
+from sdmcl.config import RunConfig, result_identity
 from sdmcl.data.benchmarks import Task, make_tasks
-from sdmcl.errors import CheckpointError, DataError, DivergenceError
+from sdmcl.data.fingerprint import content_id as data_content_id
+from sdmcl.errors import CheckpointError, DataError, DivergenceError, OutputError
 from sdmcl.models.topk import counts_reference_passes, reference_counting_passes
 from sdmcl.registry import MODELS, REGULARIZERS
 from sdmcl.train.callbacks import build_callbacks, overrides
@@ -184,7 +185,12 @@ class FaultInjector:
 
 
 class StopRequested(Exception):
-    """SIGINT/SIGTERM arrived: stop at the next safe point after writing a checkpoint."""
+    """SIGINT/SIGTERM arrived: stop at the next safe point after writing a checkpoint.
+    `run_dirs` are the directories to resume."""
+
+    def __init__(self, *run_dirs):
+        super().__init__(*run_dirs)
+        self.run_dirs = [str(d) for d in run_dirs]
 
 
 class Engine:
@@ -238,6 +244,7 @@ class Engine:
         self.evaluator = Evaluator(self.tasks, prepared.num_classes, self.device, self.prepare_inputs)
         self.callbacks = build_callbacks(cfg)
         self.step_callbacks = [cb for cb in self.callbacks if overrides(cb, "after_step")]
+        self.provenance = None  # a provenance.Session while `run()` trains
 
     # ------------------------------------------------------------ checkpoints
 
@@ -265,8 +272,8 @@ class Engine:
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir.checkpoint_path, map_location=self.device)
-        diffs = config_differences(ckpt["config"], self.cfg.to_dict())
-        diffs = [d for d in diffs if not d.startswith("output.")]
+        # keys that do not change results (output, threads, data location, ...) may differ
+        diffs = config_differences(result_identity(ckpt["config"]), result_identity(self.cfg.to_dict()))
         if diffs:
             raise CheckpointError(f"{self.run_dir.checkpoint_path}: written by a different config: {'; '.join(diffs)}; "
                                   "delete the run directory to start over or restore the config")
@@ -475,7 +482,7 @@ class Engine:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=E, initial=st.next_epoch_in_task, desc=f"task {task.index + 1}/{len(self.tasks)} [{task.name}]",
-                           unit="ep", leave=False, dynamic_ncols=True)
+                           unit="ep", leave=False, dynamic_ncols=True, disable=None)  # None: off when stderr is no terminal
             for e in range(st.next_epoch_in_task, E):
                 t0 = time.perf_counter()
                 loss = self.train_epoch(task, e)
@@ -495,7 +502,7 @@ class Engine:
                     self.save()
                 if not last and self.stop_signal is not None:
                     self.save()
-                    raise StopRequested()
+                    raise StopRequested(rd.path)
             t0 = time.perf_counter()
             call_hook(self.model, "on_task_end", task)
             entry = self.record(task, E, loss, full=True)
@@ -517,7 +524,7 @@ class Engine:
                      + " ".join(f"{a:.3f}" for a in entry["task_accuracy"]) + f"  seen avg {entry['seen_average_accuracy']:.3f}")
             self.save()
             if self.stop_signal is not None and task.index + 1 < len(self.tasks):
-                raise StopRequested()
+                raise StopRequested(rd.path)
 
     def finish(self) -> dict:
         st, rd = self.state, self.run_dir
@@ -546,10 +553,15 @@ class Engine:
             if last.get(key) is not None:
                 summary[key] = last[key]
         summary["warnings"] = list(st.warnings)
+        content = data_content_id(self.cfg.data.source, self.cfg.data.path, self.cfg.data.data_dir)
+        if content is not None:
+            summary["data_content"] = content  # stands in for data.path in the stamp
         save_checkpoint(rd.model_path, self.checkpoint_payload(full=False))
         rd.write_matrix(st.R, self.task_labels)
         if self.cfg.output.plots:
             self.write_plots()
+        if self.provenance is not None:
+            summary["provenance"] = self.provenance.close("finished")
         rd.write_summary(summary)
         return summary
 
@@ -563,33 +575,66 @@ class Engine:
         # future tasks (evaluated at task ends for the full matrix) are not drawn before they are trained
         hist = [{"epoch": h["epoch"], "task_accuracy": [a if j <= h["task"] else None for j, a in enumerate(h["task_accuracy"])]
                  + [None] * (len(self.tasks) - len(h["task_accuracy"]))} for h in self.state.history]
-        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels)
-        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels)
+        run = rd.path.name  # titles name the run: plots copied elsewhere still say whose they are
+        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels,
+                                   title=f"{run}: accuracy of every task over training")
+        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels,
+                                   title=f"{run}: accuracy matrix (%)")
         dead = [{"epoch": h["epoch"], "fraction_dead": h["fraction_dead"]} for h in self.state.history if h.get("fraction_dead") is not None]
         if dead:
-            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png")
+            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png", title=f"{run}: dead neurons over training")
 
 
 def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: Callable[[str], None] = print,
-        prepared: Prepared | None = None) -> tuple[RunDir, dict]:
+        prepared: Prepared | None = None, rerun: bool = False) -> tuple[RunDir, dict]:
     """Train one config to the end (or resume it). Returns its run directory and summary.
 
     `resume=None` resumes when the run directory holds a checkpoint, `True` requires one.
-    A finished run (summary.json present) is not trained again; its summary is returned.
+    A finished run (summary.json present) is not trained again; its summary is returned,
+    with a note when different code made it. `rerun=True` trains from the start whatever is
+    there. Raises `RunLocked` when another live process holds the run directory.
     """
     rd = RunDir(run_dir_for(cfg))
-    if rd.is_finished() and not resume:
-        import json
-
-        log(f"{rd.path}: already finished; its summary is reused (delete the directory to run again)")
-        return rd, json.loads(rd.summary_path.read_text())
+    if rd.is_finished() and not resume and not rerun:
+        return rd, reuse_finished(rd, log)
     prepared = prepared or prepare(cfg)
     if resume and not rd.has_checkpoint():
         raise CheckpointError(f"{rd.path}: no checkpoint to resume from; run without --resume to start it")
     engine = Engine(prepared, rd, progress=progress, log=log)
     with rd.locked():
+        if rd.is_finished() and not resume and not rerun:  # another process finished it meanwhile
+            return rd, reuse_finished(rd, log)
+        if rerun:
+            rd.clear_results()
         rd.create(cfg)
-        if not rd.has_checkpoint():
+        fresh = not rd.has_checkpoint()
+        if fresh:
             call_hook(engine.model, "apply_constraints")
-        summary = engine.run(resume=rd.has_checkpoint())
+        from sdmcl.provenance import Session
+
+        engine.provenance = Session(rd.path, fresh=fresh)
+        try:
+            summary = engine.run(resume=not fresh)
+        except BaseException as e:
+            if engine.provenance.record["status"] == "running":
+                try:
+                    engine.provenance.close({StopRequested: "stopped", DivergenceError: "diverged"}.get(type(e), "failed"))
+                except OutputError:
+                    pass  # e.g. the disk is full: the original error is the one to report
+            raise
     return rd, summary
+
+
+def reuse_finished(rd: RunDir, log: Callable[[str], None] = print) -> dict:
+    """The summary of a finished run, with a note when the code that made it differs from this one."""
+    import json
+
+    from sdmcl.provenance import reuse_note
+
+    note = reuse_note(rd.path)
+    rd.reused = True
+    if note:
+        log(f"{rd.path}: already finished; its summary is reused, but {note}; add --rerun to train it again")
+    else:
+        log(f"{rd.path}: already finished; its summary is reused (add --rerun to train it again)")
+    return json.loads(rd.summary_path.read_text())
