@@ -33,7 +33,7 @@ class DataConfig:
     source: str = "digits"  # mnist | fashion-mnist | cifar10 | cifar100 | digits | embeddings
     path: str | None = None  # directory (or embedding file) holding the original files
     data_dir: str | None = None  # download cache; default $SDMCL_DATA_DIR or ~/.cache/sdmcl
-    pixel_scale: Literal["unit", "raw255"] = "unit"  # [0,1], or the reference's raw [0,255]
+    pixel_scale: Literal["unit", "raw255"] = "unit"  # [0,1] (the reference divides by 255 at load too), or raw [0,255]
     download: bool = True
 
 
@@ -51,7 +51,7 @@ class OptimConfig:
     name: Literal["sgd", "sgdm", "adam", "rmsprop", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9  # sgdm only
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # null: 0.001 for adamw (the reference's default), 0 for the others
     grad_clip: float | None = 1.0  # max global gradient norm; null disables
     schedule: Literal["constant", "onecycle", "warmup_cosine"] = "constant"  # learning-rate schedule (train/optim.py)
     warmup_epochs: float = 0.0  # linear warm-up from 0 (constant, warmup_cosine)
@@ -68,6 +68,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; null = torch's default
     flush_denormal: bool = True  # CPU: treat floats below 1e-38 as 0 (denormals make matmuls ~10% slower)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # mixed precision (CUDA, image models): autocast, + loss scaling for fp16
+    restart_k_schedule: bool = False  # with init_from: k schedules restart at epoch 0 instead of continuing the pretraining's count
 
 
 @dataclass
@@ -159,6 +160,10 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 EXPERIMENT_KEYS = ("seeds", "variants", "grid")
+
+# AdamW's weight decay when optim.weight_decay is not given: the reference's default for its
+# MLPs (`adamw_l2_loss_weight`; its ConvMixer used 0.005, set explicitly)
+ADAMW_DEFAULT_WEIGHT_DECAY = 0.001
 
 
 # ---------------------------------------------------------------- type checking
@@ -275,8 +280,10 @@ def parse_config(raw: dict) -> RunConfig:
     for sec, cls in (("data", DataConfig), ("benchmark", BenchmarkConfig), ("optim", OptimConfig),
                      ("train", TrainConfig), ("augment", AugmentConfig), ("output", OutputConfig)):
         setattr(cfg, sec, _build_dataclass(cls, raw.get(sec), sec + "."))
+    if cfg.optim.weight_decay is None:  # resolved here, so config.yaml and every reader see the value used
+        cfg.optim.weight_decay = ADAMW_DEFAULT_WEIGHT_DECAY if cfg.optim.name == "adamw" else 0.0
     cfg.model = _registered_section(MODELS, raw.get("model"), "model", "sdmlp", "model")
-    if not getattr(MODELS[cfg.model.name].build, "uses_gradients", True) and cfg.optim != OptimConfig():
+    if not getattr(MODELS[cfg.model.name].build, "uses_gradients", True) and cfg.optim != OptimConfig(weight_decay=0.0):
         raise ConfigError(f"optim: model {cfg.model.name!r} learns without gradients and uses no optimizer; remove the optim settings")
     cfg.regularizer = _registered_section(REGULARIZERS, raw.get("regularizer"), "regularizer", "none", "regularizer")
     check(cfg)

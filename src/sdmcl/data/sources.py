@@ -589,8 +589,8 @@ def load_dataset(
     - `path`: a directory holding the original files (or, for embeddings, a file); never
       downloaded into. Without it, the cache `cache_dir(data_dir)/<source>` is used and missing
       files are downloaded when `download` is true.
-    - `pixel_scale`: "unit" → [0, 1] (uint8 / 255; digits / 16), "raw255" → [0, 255] floats,
-      the scale of the reference implementation. Embeddings are returned unscaled.
+    - `pixel_scale`: "unit" → [0, 1] (uint8 / 255; digits / 16), the reference implementation's
+      scale (it divides by 255 at load); "raw255" → [0, 255] floats. Embeddings are returned unscaled.
     - `checks`: if a list is given, one line per verified file is appended to it.
     """
     info = source_info(source)

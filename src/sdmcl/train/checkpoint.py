@@ -1,8 +1,9 @@
 """Checkpoints: atomic writes, and files that carry their config.
 
 A checkpoint is a dict saved with `torch.save`: `format`, `config` (the resolved run
-config as plain data), `model`, and, for resumable checkpoints, `optimizer`,
-`regularizer`, `position` and `history`. It is written to a temporary file in the same
+config as plain data), `model`, `epochs_trained` (the model's epochs, pretraining
+included: an `init_from` run continues its k schedule from there) and, for resumable
+checkpoints, `optimizer`, `regularizer`, `position` and `history`. It is written to a temporary file in the same
 directory, flushed and fsync'ed, then renamed over the old one, so a crash at any moment
 leaves the previous good checkpoint intact.
 """

@@ -23,6 +23,12 @@ parameter (`optim.plain_sgd_step_`).
 
 Evaluation lives in `evaluate.py`; loggers and investigations are callbacks (`callbacks.py`)
 that observe the run and keep their state in the checkpoint.
+
+At the end of a task: the model's `on_task_end`, the evaluation, then the regularizer's
+`on_task_end` (its importance passes follow the task's last evaluation, as in the
+reference, which computed them at the start of the next task). With `gaba_counting:
+reference` the evaluation of the seen tasks and the importance passes before a next task
+run inside `reference_counting_passes` (models/topk.py): the GABA counters count them.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import os
 import random
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -47,6 +54,7 @@ from sdmcl.data.augment import build_augmenter
 from sdmcl.data.benchmarks import Task, make_tasks
 from sdmcl.data.fingerprint import content_id as data_content_id
 from sdmcl.errors import CheckpointError, DataError, DivergenceError, OutputError
+from sdmcl.models.topk import counts_reference_passes, reference_counting_passes
 from sdmcl.registry import REGULARIZERS
 from sdmcl.registry import build_model as build_registered_model
 from sdmcl.train.callbacks import build_callbacks, overrides
@@ -113,12 +121,28 @@ def build_model(cfg: RunConfig, input_dim: int, num_classes: int, input_shape: t
     return build_registered_model(cfg.model, input_dim, num_classes, input_shape)
 
 
+# model keys that say how a model is trained, not what its weights mean: a pretrained model
+# may have been trained with other values
+TRAINING_ONLY_MODEL_KEYS = ("gaba_counting",)
+
+
+def checkpoint_epochs(ckpt: dict) -> int:
+    """Epochs the checkpointed model has been trained, across init_from chains (0 if unknown)."""
+    if "epochs_trained" in ckpt:
+        return int(ckpt["epochs_trained"])
+    position = ckpt.get("position") or {}
+    return int(position.get("epochs_done", 0))
+
+
 def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
-                    input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
-    """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept."""
+                    input_shape: tuple[int, ...] | None = None) -> tuple[torch.nn.Module, int]:
+    """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept.
+    Returns the model and the epochs it was trained (the position of its k schedule)."""
     ckpt = load_checkpoint(cfg.init_from)
     pre = ckpt["config"]
-    diffs = config_differences(pre.get("model", {}), cfg.to_dict()["model"], "model.")
+    ours = {k: v for k, v in cfg.to_dict()["model"].items() if k not in TRAINING_ONLY_MODEL_KEYS}
+    theirs = {k: v for k, v in pre.get("model", {}).items() if k not in TRAINING_ONLY_MODEL_KEYS}
+    diffs = config_differences(theirs, ours, "model.")
     if diffs:
         raise CheckpointError(f"init_from {cfg.init_from}: model config differs from the pretrained one: {'; '.join(diffs)}; make them equal")
     pre_classes, pre_dim = ckpt.get("num_classes"), ckpt.get("input_dim")
@@ -134,7 +158,7 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
     except RuntimeError as e:
         raise CheckpointError(f"init_from {cfg.init_from}: weights do not fit the model ({str(e).splitlines()[0]})") from None
     model.reset_head(num_classes)
-    return model.to(device)
+    return model.to(device), checkpoint_epochs(ckpt)
 
 
 @dataclass
@@ -149,6 +173,7 @@ class RunState:
     R: list[list[float]] = field(default_factory=list)
     R_task_aware: list[list[float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # one line each, as printed; summary.json lists them
 
 
 class FaultInjector:
@@ -202,10 +227,16 @@ class Engine:
         if self.device.type == "cpu":
             torch.set_flush_denormal(cfg.train.flush_denormal)
         seed_everything(derived_seed(cfg.seed, "init"))
+        # epochs the model was trained before this run: the k schedule continues from there
+        # (as the reference's combine_params.py did), unless train.restart_k_schedule
+        self.epoch_offset = 0
         if cfg.init_from:
-            self.model = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device, prepared.input_shape)
+            self.model, pretrained_epochs = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device,
+                                                               prepared.input_shape)
+            self.epoch_offset = 0 if cfg.train.restart_k_schedule else pretrained_epochs
         else:
             self.model = build_model(cfg, prepared.input_dim, prepared.num_classes, prepared.input_shape).to(self.device)
+        self.reference_counting = counts_reference_passes(self.model)
         self.uses_gradients = getattr(self.model, "uses_gradients", True)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optim, self.params) if self.uses_gradients and self.params else None
@@ -243,6 +274,8 @@ class Engine:
             "input_dim": self.p.input_dim,
             "input_shape": list(self.p.input_shape),
             "model": self.model.state_dict(),
+            # the model's epochs including its pretraining: an init_from run continues its k schedule
+            "epochs_trained": self.epoch_offset + self.state.epochs_done,
         }
         if full:
             payload.update(
@@ -282,14 +315,24 @@ class Engine:
 
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self, num_tasks: int) -> dict:
-        """Accuracy (class-incremental and task-aware) on the test sets of the first `num_tasks` tasks."""
+    def evaluate(self, num_tasks: int, seen_tasks: int | None = None) -> dict:
+        """Accuracy (class-incremental and task-aware) on the test sets of the first `num_tasks`
+        tasks, of which the first `seen_tasks` (default: all) have been trained. With
+        gaba_counting `reference` the GABA counters count the seen tasks' test samples."""
+        seen_context = (lambda: reference_counting_passes(self.model)) if self.reference_counting else None
         return self.evaluator.evaluate(self.model, num_tasks, self.cfg.train.eval_batch_size,
-                                       on_chunk=(lambda: self.fault("eval")) if self.fault_on else None)
+                                       on_chunk=(lambda: self.fault("eval")) if self.fault_on else None,
+                                       seen_tasks=seen_tasks, seen_context=seen_context)
+
+    def warn(self, message: str) -> None:
+        """Print a one-line warning now and record it for summary.json (once per run)."""
+        if message not in self.state.warnings:
+            self.state.warnings.append(message)
+            self.log(f"warning: {message}")
 
     def record(self, task: Task, epoch_in_task: int, train_loss: float, full: bool) -> dict:
         st = self.state
-        ev = self.evaluate(len(self.tasks) if full else task.index + 1)
+        ev = self.evaluate(len(self.tasks) if full else task.index + 1, seen_tasks=task.index + 1)
         seen = ev["task_accuracy"][: task.index + 1]
         entry = {
             "task": task.index,
@@ -305,6 +348,11 @@ class Engine:
         if window is not None:
             entry["fraction_dead"] = metrics.fraction_dead(window.cpu().numpy())
             window.zero_()
+        sums = getattr(self.model, "activation_window", None)
+        if sums is not None:
+            # the reference's definition: summed activation over the training samples < 1e-4
+            entry["fraction_dead_reference_train"] = metrics.fraction_dead_by_activation(sums.cpu().numpy())
+            sums.zero_()
         st.history.append(entry)
         self.run_dir.append_metrics(entry)
         for cb in self.callbacks:
@@ -331,7 +379,7 @@ class Engine:
         st = self.state
         model = self.model
         seed_everything(derived_seed(cfg.seed, "epoch", task.index, epoch_in_task))
-        call_hook(model, "on_epoch_start", st.epochs_done)
+        call_hook(model, "on_epoch_start", self.epoch_offset + st.epochs_done)
         model.train()
         if not self.uses_gradients:
             model.fit_task(task.train_x, task.train_y)
@@ -507,8 +555,13 @@ class Engine:
                     raise StopRequested(rd.path)
             t0 = time.perf_counter()
             call_hook(self.model, "on_task_end", task)
-            self.regularizer.on_task_end(self.model, task)
             entry = self.record(task, E, loss, full=True)
+            # importance passes after the task's evaluation; with gaba_counting `reference` they
+            # count, except after the last task (the reference computed them only when a next
+            # task started)
+            more_tasks = task.index + 1 < len(self.tasks)
+            with reference_counting_passes(self.model) if self.reference_counting and more_tasks else nullcontext():
+                self.regularizer.on_task_end(self.model, task)
             st.train_seconds += time.perf_counter() - t0
             st.R.append(entry["task_accuracy"])
             st.R_task_aware.append(entry["task_aware_accuracy"])
@@ -535,6 +588,8 @@ class Engine:
             "dataset": self.p.dataset_name,
             "tasks": [list(t.classes) for t in self.tasks],
             **metrics.summarize(R),
+            # correct over all test samples (tasks weighted by their test-set size): the reference's val/accuracy
+            "final_pooled_accuracy": metrics.pooled_accuracy(st.R[-1], self.evaluator.test_sizes(len(self.tasks))),
             "final_task_aware_accuracy": float(np.mean(st.R_task_aware[-1])),
             "final_task_accuracy": st.R[-1],
             "epochs": st.epochs_done,
@@ -543,9 +598,11 @@ class Engine:
             "seconds_per_epoch": st.train_seconds / max(st.epochs_done, 1),
         }
         last = st.history[-1]
-        for key in ("fraction_dead", "active_per_input", "gaba_switched"):
+        for key in ("fraction_dead", "fraction_dead_reference_train", "fraction_dead_reference_test",
+                    "active_per_input", "gaba_switched"):
             if last.get(key) is not None:
                 summary[key] = last[key]
+        summary["warnings"] = list(st.warnings)
         content = data_content_id(self.cfg.data.source, self.cfg.data.path, self.cfg.data.data_dir)
         if content is not None:
             summary["data_content"] = content  # stands in for data.path in the stamp

@@ -8,35 +8,44 @@ import math
 import numpy as np
 import torch
 
-from sdmcl.config import OptimConfig
+from sdmcl.config import ADAMW_DEFAULT_WEIGHT_DECAY, OptimConfig
 
 OPTIMIZERS = {
     "sgd": "SGD without momentum (the SDMLP's optimizer)",
     "sgdm": "SGD with momentum (optim.momentum, default 0.9)",
     "adam": "Adam",
     "rmsprop": "RMSProp",
-    "adamw": "AdamW (decoupled weight decay: optim.weight_decay)",
+    "adamw": "AdamW (decoupled weight decay: optim.weight_decay, default 0.001 as in the reference)",
 }
+
+
+def weight_decay(cfg: OptimConfig) -> float:
+    """`optim.weight_decay`, or when it is null the default: 0.001 for AdamW (the reference's
+    default for its MLPs), 0 for the other optimizers. (parse_config resolves it already.)"""
+    if cfg.weight_decay is not None:
+        return cfg.weight_decay
+    return ADAMW_DEFAULT_WEIGHT_DECAY if cfg.name == "adamw" else 0.0
 
 
 def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    wd = weight_decay(cfg)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=wd)
     if cfg.name == "sgdm":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
     if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=wd)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
     raise ValueError(cfg.name)
 
 
 def plain_sgd(cfg: OptimConfig) -> bool:
     """A step of this optimizer changes a parameter only where its gradient is non-zero."""
-    return cfg.name == "sgd" and cfg.weight_decay == 0
+    return cfg.name == "sgd" and weight_decay(cfg) == 0
 
 
 def clip_coefficient(params, max_norm: float) -> torch.Tensor:
