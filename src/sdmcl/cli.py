@@ -15,7 +15,7 @@ from sdmcl.errors import DivergenceError, UserError
 
 
 def cmd_run(args) -> int:
-    from sdmcl.config import load_experiment, parse_config, read_yaml
+    from sdmcl.config import parse_config, read_yaml
 
     if args.resume:
         rd_path = Path(args.resume)
@@ -32,17 +32,49 @@ def cmd_run(args) -> int:
     else:
         if not args.config:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
-        runs = load_experiment(args.config, args.overrides)
+        from sdmcl.experiment import load
+
+        runs, notes = load(args.config, args.overrides, args.grid, args.only)
+        for note in notes:
+            print(f"note: {note}")
         resume = None
-    from sdmcl.launch import run_many
+    report = launch(runs, args, resume=resume)
+    if len(report.results) > 1:
+        print()
+        print(results_table(report))
+    return finish_launch(report)
+
+
+def launch(runs, args, resume=None):
+    """run_many with the launch options of the command line."""
+    from sdmcl.launch import parse_shard, run_many
+
+    return run_many(runs, resume=resume, progress=not args.no_progress, jobs=args.jobs, backend=args.backend,
+                    address=args.address, shard=parse_shard(args.shard), rerun=args.rerun,
+                    oversubscribe=args.oversubscribe, gpus_per_run=args.gpus_per_run)
+
+
+def results_table(report) -> str:
     from sdmcl.report import comparison_table
 
-    results = run_many(runs, resume=resume, progress=not args.no_progress)
-    if len(results) > 1:
-        print()
-        # rows group runs by config (not by label), exactly as `sdmcl report` does
-        print(comparison_table([(cfg, summary) for (_, cfg), (_, summary) in zip(runs, results)]))
-    return 0
+    # rows group runs by config (not by label), exactly as `sdmcl report` does
+    table = comparison_table(report.config_results)
+    if report.shard is not None:
+        table += (f"\n(shard {report.shard[0]}/{report.shard[1]}: only this launcher's runs; "
+                  "once every shard is done, `sdmcl report` on the output directory tables them all)")
+    return table
+
+
+def finish_launch(report) -> int:
+    """Notes on runs that did not finish here; exit 3 if one diverged."""
+    skipped = report.with_status("skipped")
+    if skipped:
+        print(f"sdmcl: {len(skipped)} run(s) skipped, in use by other processes: "
+              + ", ".join(o.run_dir for o in skipped) + "; run the command again once they finish", file=sys.stderr)
+    diverged = report.with_status("diverged")
+    for o in diverged:
+        print(f"sdmcl: {o.label} (seed {o.seed}): {o.message}", file=sys.stderr)
+    return 3 if diverged else 0
 
 
 def cmd_compare(args) -> int:
@@ -56,22 +88,22 @@ def cmd_compare(args) -> int:
         overrides = list(args.overrides)
         if args.seeds:
             overrides.append("seeds=[" + ",".join(map(str, args.seeds)) + "]")
-        for label, cfg in load_experiment(path, overrides):
+        for label, cfg in load_experiment(path, overrides, args.grid, args.only):
             runs.append((label if label != cfg.name or len(args.configs) == 1 else Path(path).stem, cfg))
-    from sdmcl.launch import run_many
     from sdmcl.report import comparison
 
-    results = run_many(runs, progress=not args.no_progress)
+    report = launch(runs, args)
     print()
     # rows group runs by config (not by label or file), exactly as `sdmcl report` does
-    table, notes = comparison([(cfg, summary) for (_, cfg), (_, summary) in zip(runs, results)], over=over,
-                              fmt=args.format, per_task=args.per_task)
+    table, notes = comparison(report.config_results, over=over, fmt=args.format, per_task=args.per_task)
+    if report.shard is not None:
+        notes = (notes + "\n" if notes else "") + (f"(shard {report.shard[0]}/{report.shard[1]}: only this launcher's runs)")
     print(table)
     if notes:
         print("\n" + notes, file=sys.stdout if args.format in ("text", "markdown") else sys.stderr)
     if args.out:
         Path(args.out).write_text(table + "\n")
-    return 0
+    return finish_launch(report)
 
 
 def cmd_report(args) -> int:
@@ -98,7 +130,7 @@ def cmd_report(args) -> int:
 def cmd_list(args) -> int:
     from sdmcl.models.topk import K_APPROACHES
     from sdmcl.registry import DATA_SOURCES, LOGGERS, MODELS, REGULARIZERS, load_all
-    from sdmcl.train.optim import OPTIMIZERS
+    from sdmcl.train.optim import OPTIMIZERS, SCHEDULES
 
     load_all()
     print("models:")
@@ -111,6 +143,9 @@ def cmd_list(args) -> int:
         print(f"  {name:<14} {e.summary}")
     print("optimizers:")
     for name, desc in OPTIMIZERS.items():
+        print(f"  {name:<14} {desc}")
+    print("learning-rate schedules (optim.schedule):")
+    for name, desc in SCHEDULES.items():
         print(f"  {name:<14} {desc}")
     print("data sources (benchmarks are any source split into tasks of benchmark.classes_per_task classes):")
     for name, info in DATA_SOURCES.items():
@@ -125,6 +160,24 @@ def cmd_list(args) -> int:
             first = p.read_text().splitlines()[0].lstrip("# ").strip() if p.stat().st_size else ""
             print(f"  {p.stem:<36} {first}")
     return 0
+
+
+def add_launch_options(p: argparse.ArgumentParser) -> None:
+    """Which runs of an experiment, and where they train."""
+    g = p.add_argument_group("which runs")
+    g.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
+                   help="only runs whose label, variant or grid value matches a glob (e.g. 'sdmlp*' 'k=5')")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="one run per value (repeat for a cross product), e.g. --grid model.k=1,5,10")
+    g.add_argument("--shard", metavar="I/N", help="take runs I, I+N, I+2N, ... (launchers 0/N ... N-1/N share an experiment)")
+    g.add_argument("--rerun", action="store_true", help="train finished runs again from the start")
+    g = p.add_argument_group("where they train")
+    g.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at once in N local processes (threads divided among them)")
+    g.add_argument("--oversubscribe", action="store_true", help="allow --jobs × train.threads above the core count")
+    g.add_argument("--backend", choices=["local", "ray"], default="local", help="ray: one Ray task per run")
+    g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start Ray on this machine)")
+    g.add_argument("--gpus-per-run", type=float, metavar="G",
+                   help="Ray: GPUs each run asks for (default 1 if train.device is cuda, or auto on a cluster with GPUs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.k=5 train.epochs_per_task=50 seeds=[0,1,2]")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_launch_options(r)
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compare", help="run several configs × seeds and print one table (mean ± s.e.m.)")
@@ -156,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=FORMATS, default="text", help="table format (default: text)")
     c.add_argument("--per-task", action="store_true", help="also a column of final accuracy per task")
     c.add_argument("--no-progress", action="store_true")
+    add_launch_options(c)
     c.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="table (and figures, report.html) of finished runs, grouped by config")
@@ -202,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"sdmcl: error: {e}", file=sys.stderr)
         return e.exit_code
-    except StopRequested:
-        print("sdmcl: stopped by signal; a checkpoint was written. Resume with the same command, or `sdmcl run --resume RUN_DIR`.",
-              file=sys.stderr)
+    except StopRequested as e:
+        dirs = e.run_dirs or ["RUN_DIR"]
+        print("sdmcl: stopped by signal; a checkpoint was written. Resume with the same command, or "
+              + "; ".join(f"`sdmcl run --resume {d}`" for d in dirs) + ".", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("sdmcl: interrupted", file=sys.stderr)

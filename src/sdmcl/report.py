@@ -317,6 +317,9 @@ def group_runs(runs: list[Run], over: tuple[str, ...] = DEFAULT_OVER) -> tuple[l
     groups: dict[str, Group] = {}
     problems: list[Problem] = []
     identities = [flatten(result_identity(run.config)) for run in runs]
+    for run, ident in zip(runs, identities):
+        if run.summary.get("data_content"):  # the content of the user's data files stands in for data.path
+            ident["data.content"] = run.summary["data_content"]
     known = set().union(*identities) if identities else set()
     for key in over:
         if identities and key not in known:
