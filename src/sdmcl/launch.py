@@ -166,9 +166,10 @@ def _prepared_for(cfg):
 
 
 def train_one(label: str, cfg, rerun: bool = False, resume: bool | None = None, quiet: bool = True,
-              progress: bool = False, log=None, command: str | None = None) -> Outcome:
+              progress: bool = False, log=None, command: str | None = None, setup=None) -> Outcome:
     """Train (or reuse, or resume) one run; every expected way it can end becomes an Outcome.
-    A module-level function so worker processes and Ray tasks can import it."""
+    A module-level function so worker processes and Ray tasks can import it. `setup(engine)`:
+    see `train.engine.run` (a stack joins the run's engine)."""
     from sdmcl.errors import DivergenceError
     from sdmcl.train.engine import StopRequested, run
     from sdmcl.train.rundir import RunDir, RunLocked, run_dir_for
@@ -187,7 +188,7 @@ def train_one(label: str, cfg, rerun: bool = False, resume: bool | None = None, 
         rd = RunDir(run_dir_for(cfg))
         if not (rd.is_finished() and not rerun and not resume):
             prepared = _prepared_for(cfg)
-        rd, summary = run(cfg, resume=resume, progress=progress, log=log, prepared=prepared, rerun=rerun)
+        rd, summary = run(cfg, resume=resume, progress=progress, log=log, prepared=prepared, rerun=rerun, setup=setup)
         outcome.status = "reused" if rd.reused else "finished"
         outcome.summary = summary
     except RunLocked as e:
@@ -242,8 +243,10 @@ class _Progress:
 
 def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "local", address: str | None = None,
              shard: tuple[int, int] | None = None, rerun: bool = False, oversubscribe: bool = False,
-             gpus_per_run: float | None = None) -> LaunchReport:
-    """Run every (label, RunConfig) not yet finished. Returns what became of each run."""
+             gpus_per_run: float | None = None, stack: str | int = "auto") -> LaunchReport:
+    """Run every (label, RunConfig) not yet finished. Returns what became of each run.
+    `stack`: train up to this many runs of the same shapes at once as one stacked model
+    (train/stacked.py); "auto": up to 32 on CUDA, none on the CPU (it does not pay there)."""
     from sdmcl.train.rundir import RunDir, RunLocked, run_dir_for
 
     if backend not in BACKENDS:
@@ -292,8 +295,13 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
 
     bar = _Progress(len(todo), progress)
     try:
+        stack_size = resolve_stack(stack, [runs[i][1] for i in todo])
         if backend == "ray":
             _run_ray(runs, todo, outcomes, bar, rerun, resume, address, gpus_per_run)
+        elif stack_size > 1:
+            if jobs > 1:
+                raise ConfigError(f"--stack {stack} trains its stacks in this process; use --jobs 1 with it")
+            _run_stacked(runs, todo, outcomes, bar, rerun, resume, stack_size)
         elif jobs > 1:
             _run_processes(runs, todo, outcomes, bar, rerun, resume, jobs)
         else:
@@ -339,6 +347,64 @@ def _run_here(runs, todo, outcomes, bar, rerun, resume, progress) -> None:
             bar.finished(o)
         if o.status in ("stopped", "error"):
             return
+
+
+# keys that may differ between the runs of one stack (they leave every shape unchanged)
+STACK_FREE_KEYS = ("name", "seed", "output.", "benchmark.class_order", "benchmark.class_order_seed", "optim.lr",
+                   "optim.grad_clip", "model.k", "model.gaba_switch_activations", "regularizer.", "train.threads",
+                   "train.eval_batch_size")
+
+
+def stack_key(cfg) -> str:
+    """Runs with equal keys can train as one stack (the keys of STACK_FREE_KEYS may differ,
+    the regularizer's name may not)."""
+    from sdmcl.config import flatten
+
+    flat = flatten(cfg.to_dict())
+    kept = {k: v for k, v in flat.items() if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in STACK_FREE_KEYS)}
+    kept["regularizer.name"] = cfg.regularizer.name
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def resolve_stack(stack: str | int, cfgs) -> int:
+    """The most runs per stack: a number, or "auto" (32 where the runs train on CUDA, else 1)."""
+    if stack == "auto":
+        import torch
+
+        on_cuda = bool(cfgs) and all(c.train.device.startswith("cuda") or (c.train.device == "auto" and torch.cuda.is_available())
+                                     for c in cfgs)
+        return 32 if on_cuda else 1
+    try:
+        size = int(stack)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise ConfigError(f"--stack {stack}: give the most runs per stack (1 = no stacking) or auto")
+    return size
+
+
+def _run_stacked(runs, todo, outcomes, bar, rerun, resume, size) -> None:
+    """Runs of the same shapes in stacks of up to `size`, each stack in threads of this
+    process (train/stacked.py); a run that cannot join a stack trains alone in its thread."""
+    from sdmcl.train.stacked import run_in_lockstep
+
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        groups.setdefault(stack_key(runs[i][1]), []).append(i)
+    command = shlex.join(sys.argv)
+    for members in groups.values():
+        for chunk in (members[j : j + size] for j in range(0, len(members), size)):
+            if len(chunk) > 1:
+                bar.write(f"== a stack of {len(chunk)} runs: " + ", ".join(f"{runs[i][0]} (seed {runs[i][1].seed})" for i in chunk))
+            fns = [(lambda group, i=i: train_one(runs[i][0], runs[i][1], rerun, resume, command=command, setup=group.join))
+                   for i in chunk]
+            for i, o in zip(chunk, run_in_lockstep(fns)):
+                if isinstance(o, BaseException):
+                    raise o
+                outcomes[i] = o
+                bar.finished(o)
+            if any(outcomes[i].status in ("stopped", "error") for i in chunk):
+                return
 
 
 def _run_processes(runs, todo, outcomes, bar, rerun, resume, jobs) -> None:

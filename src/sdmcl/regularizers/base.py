@@ -120,19 +120,21 @@ class QuadraticPenalty:
     """The closed form of λ Σ_t Σ Ω_t ⊙ (θ − θ_t)² for a regularizer's `quadratic_terms()`.
 
     Kept per parameter: A' = 2λ Σ_t Ω_t and b' = −2λ Σ_t Ω_t ⊙ θ_t (so the gradient is
-    A' ⊙ θ + b', one `addcmul`), and the constant λ Σ_t Σ Ω_t θ_t² of the value. They are
-    rebuilt when the terms change (a task ended, a checkpoint was loaded): that is noticed
-    from the identity and in-place version of every term tensor, so no regularizer has to
-    announce it. The gradient equals autograd's 2λ Σ_t Ω_t (θ − θ_t) up to float summation
-    order. The penalty value, for the reported loss, is expanded as
-    λ Σ (A θ² − 2 b θ) + const = ½ θ·(A'θ + b') + ½ θ·b' + const: two dot products, no
-    extra pass over the terms."""
+    u = A' ⊙ θ + b', one `addcmul`), the importance-weighted anchor m = Σ_t Ω_t θ_t / Σ_t Ω_t
+    and the spread of the anchors around it, c = λ Σ (Σ_t Ω_t θ_t² − A m²) (0 with one
+    term; A = Σ_t Ω_t). They are rebuilt when the terms change (a task ended, a checkpoint was loaded):
+    that is noticed from the identity and in-place version of every term tensor, so no
+    regularizer has to announce it. The gradient equals autograd's 2λ Σ_t Ω_t (θ − θ_t) up
+    to float summation order. The value, for the reported loss, is
+    λ Σ A (θ − m)² + c = ½ u·(θ − m) + c: two dot products and no extra pass over the terms,
+    and no cancellation of large numbers near the anchors."""
 
     def __init__(self):
         self._key: tuple | None = None
         self.active = False
         self._a: list = []
         self._b: list = []
+        self._m: list = []
         self._const = 0.0
         self._buffers: list[torch.Tensor | None] = []
         self._held: list = []  # the term tensors of the key: held so that their ids stay theirs
@@ -154,7 +156,7 @@ class QuadraticPenalty:
         self._key = key
         self._held = [t for importance, anchors in terms for t in (*importance, *anchors)]
         self.active = bool(terms) and lam != 0
-        self._a, self._b, self._const = [], [], 0.0
+        self._a, self._b, self._m, self._const = [], [], [], 0.0
         self._buffers = []
         if not self.active:
             return False
@@ -166,9 +168,18 @@ class QuadraticPenalty:
                 a = w if a is None else a + w
                 wa = w * anchor
                 b = wa if b is None else b + wa
-                const += float((wa * anchor).sum(dtype=torch.float64))
+                const += float((wa.double() * anchor.double()).sum())
+            if isinstance(a, torch.Tensor):
+                # (SI's importances can be negative; where Σ Ω = 0 every Ω is 0 in practice, and b too)
+                nonzero = a != 0
+                m = torch.where(nonzero, b / torch.where(nonzero, a, torch.ones_like(a)), torch.zeros_like(b))
+                const -= float((a.double() * m.double() ** 2).sum())
+            else:
+                m = b / a if a else torch.zeros_like(b)
+                const -= float(a) * float((m.double() ** 2).sum())
             self._a.append(2 * lam * a if isinstance(a, torch.Tensor) else float(2 * lam * a))
             self._b.append(b.mul(-2 * lam))
+            self._m.append(m)
             self._buffers.append(None)
         self._const = lam * const
         return True
@@ -189,8 +200,8 @@ class QuadraticPenalty:
             else:
                 torch.add(nb, p, alpha=a, out=u)
             if with_value:
-                flat_p = p.detach().reshape(-1)
-                value = value + 0.5 * (torch.dot(flat_p, u.reshape(-1)) + torch.dot(flat_p, nb.reshape(-1)))
+                flat_u = u.reshape(-1)
+                value = value + 0.5 * (torch.dot(flat_u, p.detach().reshape(-1)) - torch.dot(flat_u, self._m[i].reshape(-1)))
             g = p.grad
             if g is None:
                 p.grad = u

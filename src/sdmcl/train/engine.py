@@ -267,6 +267,9 @@ class Engine:
         self.schedule = build_schedule(cfg.optim, cfg.train.epochs_per_task, len(self.tasks)) if self.optimizer else None
         self.amp = build_mixed_precision(cfg.train.precision, self.device, self.model)
         self.state = RunState()
+        # train/stacked.py: when set, this run's training epochs are trained by it, together
+        # with other runs' (everything else stays this engine's)
+        self.epoch_trainer: Callable | None = None
         # a model's fixed input transform (SDMLP: relu, L2 norm) is applied once per data
         # split, not to every minibatch (models/base.py: prepare_inputs)
         self.prepare_inputs = getattr(self.model, "prepare_inputs", None)
@@ -387,6 +390,8 @@ class Engine:
 
     def train_epoch(self, task: Task, epoch_in_task: int) -> float | None:
         """One epoch on `task`; returns the mean training loss (None for gradient-free models)."""
+        if self.epoch_trainer is not None:
+            return self.epoch_trainer(self, task, epoch_in_task)
         cfg = self.cfg
         st = self.state
         model = self.model
@@ -662,13 +667,15 @@ class Engine:
 
 
 def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: Callable[[str], None] = print,
-        prepared: Prepared | None = None, rerun: bool = False) -> tuple[RunDir, dict]:
+        prepared: Prepared | None = None, rerun: bool = False,
+        setup: Callable[[Engine], None] | None = None) -> tuple[RunDir, dict]:
     """Train one config to the end (or resume it). Returns its run directory and summary.
 
     `resume=None` resumes when the run directory holds a checkpoint, `True` requires one.
     A finished run (summary.json present) is not trained again; its summary is returned,
     with a note when different code made it. `rerun=True` trains from the start whatever is
-    there. Raises `RunLocked` when another live process holds the run directory.
+    there. Raises `RunLocked` when another live process holds the run directory. `setup` is
+    called with the engine before it trains (train/stacked.py joins it to a stack).
     """
     rd = RunDir(run_dir_for(cfg))
     if rd.is_finished() and not resume and not rerun:
@@ -690,6 +697,8 @@ def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: 
 
         engine.provenance = Session(rd.path, fresh=fresh)
         try:
+            if setup is not None:
+                setup(engine)
             summary = engine.run(resume=not fresh)
         except BaseException as e:
             if engine.provenance.record["status"] == "running":
