@@ -17,13 +17,14 @@ from sdmcl.train.rundir import RunDir
 N, K, D, C = 64, 3, 12, 4
 
 
-def model_pair(candidates=N, counters=None, **search):
+def model_pair(candidates=N, counters=None, margin=None, rank=4, **search):
     """An exact SDMLP and its approximate twin (same weights, counters, principal directions)."""
     out = []
     for mode in ("exact", "lowrank"):
         torch.manual_seed(0)
-        cfg = SDMLPConfig(neurons=N, k=K, gaba_switch_activations=100, topk_search=mode, search_rank=4,
-                          search_candidates=candidates, search_min_neurons=0, search_max_union=1.0, **search)
+        cfg = SDMLPConfig(neurons=N, k=K, gaba_switch_activations=100, topk_search=mode, search_rank=rank,
+                          search_margin=margin, search_candidates=candidates, search_min_neurons=0, search_max_union=1.0,
+                          **search)
         m = SDMLP(cfg, D, C)
         if counters is not None:
             m.topk.gaba_counters.copy_(counters)
@@ -96,6 +97,24 @@ def test_few_candidates_gradient_equals_autograd_on_those_neurons():
     assert set(torch.topk(s, 4, dim=1).indices.reshape(-1).tolist()) <= set(cols.tolist())
 
 
+@pytest.mark.parametrize("state", ["mixed", "switched"])
+def test_threshold_rule_with_exact_scores_finds_every_active_neuron(state):
+    """With P spanning the inputs (rank = d) the prescreen's scores are exact, and the margin
+    rule (score ≥ (1 − margin)·g·ṽ, ṽ ≤ v_{k+1}) keeps every neuron that is active or among
+    the k+1 largest: the layer is the exact one, though it computed only the candidates."""
+    counters = torch.arange(N, dtype=torch.int64) * 2 + 50 if state == "mixed" else torch.full((N,), 100)
+    exact, approx = model_pair(candidates=0, counters=counters, margin=0.02, rank=D)
+    x, y = data()
+    x = approx.prepare_inputs(x)
+    cols = approx.candidates(x)
+    assert cols is not None and len(cols) < N  # not every neuron had to be computed
+    approx.search.stats.zero_()
+    logits = approx(x, prepared=True)
+    assert torch.allclose(logits, exact(x, prepared=True), atol=1e-6)
+    stats = approx.neuron_stats()
+    assert stats["search_topk_recall"] == 1.0 and stats["search_active_recall"] == 1.0
+
+
 def test_exact_path_where_the_search_does_not_pay():
     x, _ = data()
     _, approx = model_pair(candidates=8)
@@ -119,7 +138,8 @@ def test_exact_path_where_the_search_does_not_pay():
 def engine_for(tmp_path, name, epochs=2, **model):
     raw = {"name": name, "data": {"source": "digits"}, "seed": 4,
            "model": {"name": "sdmlp", "neurons": 96, "k": 4, "gaba_switch_activations": 800, "topk_search": "lowrank",
-                     "search_rank": 8, "search_candidates": 6, "search_min_neurons": 0, "search_recall_every": 2,
+                     "search_rank": 8, "search_margin": None, "search_candidates": 6, "search_min_neurons": 0,
+                     "search_recall_every": 2,
                      "search_max_union": 0.6, **model},
            "optim": {"name": "sgd", "lr": 0.3},
            "train": {"epochs_per_task": epochs, "threads": 1, "batch_size": 64}, "benchmark": {"num_tasks": 2},
@@ -184,6 +204,8 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="model.topk_search"):
         SDMLPConfig(topk_search="lowrank", bias=True).check()
     with pytest.raises(ConfigError, match="model.search_candidates"):
-        SDMLPConfig(topk_search="lowrank", search_candidates=0).check()
+        SDMLPConfig(topk_search="lowrank", search_candidates=-1).check()
+    with pytest.raises(ConfigError, match="model.search_margin"):
+        SDMLPConfig(topk_search="lowrank", search_margin=None, search_candidates=0).check()
     with pytest.raises(ConfigError, match="model.search_max_union"):
         SDMLPConfig(topk_search="lowrank", search_max_union=0).check()

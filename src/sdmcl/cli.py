@@ -51,7 +51,7 @@ def launch(runs, args, resume=None):
 
     return run_many(runs, resume=resume, progress=not args.no_progress, jobs=args.jobs, backend=args.backend,
                     address=args.address, shard=parse_shard(args.shard), rerun=args.rerun,
-                    oversubscribe=args.oversubscribe, gpus_per_run=args.gpus_per_run)
+                    oversubscribe=args.oversubscribe, gpus_per_run=args.gpus_per_run, stack=args.stack)
 
 
 def results_table(report) -> str:
@@ -178,6 +178,9 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start Ray on this machine)")
     g.add_argument("--gpus-per-run", type=float, metavar="G",
                    help="Ray: GPUs each run asks for (default 1 if train.device is cuda, or auto on a cluster with GPUs)")
+    g.add_argument("--stack", default="auto", metavar="S",
+                   help="train up to S runs of the same shapes at once as one batched model, each with its own run "
+                        "directory (auto: 32 on CUDA, 1 = none on the CPU, where it does not pay)")
 
 
 def build_parser() -> argparse.ArgumentParser:

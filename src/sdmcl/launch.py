@@ -295,12 +295,13 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
 
     bar = _Progress(len(todo), progress)
     try:
-        stack_size = resolve_stack(stack, [runs[i][1] for i in todo])
+        # stacks train in this process: "auto" leaves --jobs and Ray launches as they are
+        stack_size = 1 if stack == "auto" and (jobs > 1 or backend == "ray") else resolve_stack(stack, [runs[i][1] for i in todo])
+        if stack_size > 1 and (jobs > 1 or backend == "ray"):
+            raise ConfigError(f"--stack {stack} trains its stacks in this process; use it without --jobs and --backend ray")
         if backend == "ray":
             _run_ray(runs, todo, outcomes, bar, rerun, resume, address, gpus_per_run)
         elif stack_size > 1:
-            if jobs > 1:
-                raise ConfigError(f"--stack {stack} trains its stacks in this process; use --jobs 1 with it")
             _run_stacked(runs, todo, outcomes, bar, rerun, resume, stack_size)
         elif jobs > 1:
             _run_processes(runs, todo, outcomes, bar, rerun, resume, jobs)

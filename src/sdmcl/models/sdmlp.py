@@ -42,8 +42,9 @@ class SDMLPConfig(ModelConfig):
     # approximate Top-K for large layers (models/topk_search.py); exact is the reference
     topk_search: Literal["exact", "lowrank"] = "exact"
     search_rank: int = 32  # principal directions of the inputs the prescreen projects on
-    search_candidates: int = 32  # candidate neurons per input (the batch takes the union)
-    search_max_union: float = 0.25  # exact path when the batch's candidates exceed this share of neurons
+    search_margin: float | None = 0.05  # candidates: approximate score ≥ (1 − margin)·g·ṽ for some input (null: off)
+    search_candidates: int = 0  # also each input's best approximate scores (0: none)
+    search_max_union: float = 0.3  # exact path when the batch's candidates exceed this share of neurons
     search_min_neurons: int = 4096  # exact path for smaller layers (the prescreen does not pay there)
     search_recall_every: int = 20  # training steps between recall samples (0: none)
     search_recall_inputs: int = 8  # inputs of a sampled batch compared with the exact layer
@@ -56,8 +57,12 @@ class SDMLPConfig(ModelConfig):
                                   "to false, or topk_search: exact")
             if self.search_rank < 1:
                 raise ConfigError(f"model.search_rank: must be >= 1, got {self.search_rank}")
-            if self.search_candidates < 1:
-                raise ConfigError(f"model.search_candidates: must be >= 1, got {self.search_candidates}")
+            if self.search_candidates < 0:
+                raise ConfigError(f"model.search_candidates: must be >= 0, got {self.search_candidates}")
+            if self.search_margin is not None and not 0 <= self.search_margin < 1:
+                raise ConfigError(f"model.search_margin: must be in [0, 1) or null, got {self.search_margin}")
+            if self.search_margin is None and self.search_candidates == 0:
+                raise ConfigError("model.search_margin: null needs model.search_candidates >= 1 (else no neuron is a candidate)")
             if not 0 < self.search_max_union <= 1:
                 raise ConfigError(f"model.search_max_union: must be in (0, 1], got {self.search_max_union}")
             for key in ("search_min_neurons", "search_recall_every"):
@@ -151,8 +156,9 @@ class SDMLP(nn.Module):
         self._last_batch: dict | None = None  # the sparse-backward record of the last training forward
         self.search = None
         if cfg.topk_search == "lowrank":
-            self.search = LowRankSearch(cfg.neurons, input_dim, cfg.search_rank, cfg.search_candidates, cfg.search_max_union,
-                                        cfg.search_min_neurons, cfg.search_recall_every, cfg.search_recall_inputs)
+            self.search = LowRankSearch(cfg.neurons, input_dim, cfg.search_rank, cfg.search_margin, cfg.search_candidates,
+                                        cfg.search_max_union, cfg.search_min_neurons, cfg.search_recall_every,
+                                        cfg.search_recall_inputs)
         self.apply_constraints()
 
     def set_row_sparse_updates(self, enabled: bool, all_rows_move: bool = False) -> None:

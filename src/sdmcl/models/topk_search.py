@@ -44,17 +44,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+BLOCK = 32  # neurons per block of the ṽ estimate
+
 class LowRankSearch(nn.Module):
     """The prescreen index of one SDM layer and its recall statistics (buffers: saved and
     restored with the model, so a resumed run selects exactly what the uninterrupted one did)."""
 
     STATS = ("samples", "topk_hits", "topk_total", "active_hits", "active_total", "approx_steps", "exact_steps", "union_sum")
 
-    def __init__(self, neurons: int, input_dim: int, rank: int, candidates: int, max_union: float, min_neurons: int,
-                 recall_every: int, recall_inputs: int):
+    def __init__(self, neurons: int, input_dim: int, rank: int, margin: float | None, candidates: int, max_union: float,
+                 min_neurons: int, recall_every: int, recall_inputs: int, retry_after: int = 8):
         super().__init__()
         self.neurons, self.rank = neurons, min(rank, input_dim)
-        self.candidates, self.max_union, self.min_neurons = min(candidates, neurons), max_union, min_neurons
+        self.margin, self.candidates = margin, min(candidates, neurons)
+        self.max_union, self.min_neurons, self.retry_after = max_union, min_neurons, retry_after
+        self._skip = 0  # training steps left on the exact path after a batch with too many candidates
         self.recall_every, self.recall_inputs = recall_every, recall_inputs
         self.register_buffer("second_moment", torch.zeros(input_dim, input_dim, dtype=torch.float64))
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.int64))
@@ -102,6 +106,7 @@ class LowRankSearch(nn.Module):
         run rebuilds where the uninterrupted one did), and the recall clock restarts."""
         self.index = None
         self.steps = 0
+        self._skip = 0
 
     # ------------------------------------------------------------ candidates
 
@@ -109,7 +114,10 @@ class LowRankSearch(nn.Module):
     def select(self, x: torch.Tensor, weight: torch.Tensor, g: torch.Tensor | None, k: int) -> torch.Tensor | None:
         """Ascending indices of the batch's candidate neurons, or None for the exact path."""
         n = self.neurons
-        if max(k + 1, self.candidates) > n * self.max_union or not self.enabled:
+        if k + 1 > n * self.max_union or not self.enabled:
+            return None
+        if self.training and self._skip > 0:  # the last batches' candidates were too many
+            self._skip -= 1
             return None
         excited = None
         if g is not None:
@@ -124,13 +132,30 @@ class LowRankSearch(nn.Module):
             scores = self._scores = torch.empty(b, n, device=x.device)
         s = scores[:b]
         torch.mm(x @ self.projection, self.index.T, out=s)
-        best = torch.topk(s, self.candidates, dim=1, sorted=False).indices
         keep = torch.zeros(n, dtype=torch.bool, device=x.device)
-        keep[best.reshape(-1)] = True
+        if self.candidates:
+            keep[torch.topk(s, min(self.candidates, n), dim=1, sorted=False).indices.reshape(-1)] = True
+        if self.margin is not None:
+            # ṽ: the (k+1)-th largest of the maxima over blocks of neurons (≤ the (k+1)-th largest score)
+            full = n // BLOCK
+            if full >= k + 1:
+                maxima = s[:, : full * BLOCK].reshape(b, full, BLOCK).amax(2)
+                if full * BLOCK < n:
+                    maxima = torch.cat([maxima, s[:, full * BLOCK :].amax(1, keepdim=True)], 1)
+            else:  # too few blocks: the (k+1)-th largest score itself
+                maxima = s
+            v_est = torch.topk(maxima, k + 1, dim=1).values[:, -1].clamp_min_(0)
+            if g is None:
+                s.sub_(v_est[:, None], alpha=1.0 - self.margin)
+            else:
+                s.addr_(v_est, g, alpha=-(1.0 - self.margin))
+            keep |= s.amax(0) >= 0
         if excited is not None:
             keep |= excited
         cols = keep.nonzero().squeeze(1)
-        if len(cols) > n * self.max_union:
+        if not k + 1 <= len(cols) <= n * self.max_union:
+            if self.training:
+                self._skip = self.retry_after
             return None
         return cols
 
