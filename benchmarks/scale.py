@@ -3,7 +3,7 @@ stacked runs against the same runs one after another, and of regularized runs ag
 plain ones; peak memory and the approximate Top-K's recall. One process, paired.
 
     .venv/bin/python benchmarks/scale.py --quick     # a few minutes on a quiet 2-core CPU
-    .venv/bin/python benchmarks/scale.py             # the full measurement (about 45 minutes there)
+    .venv/bin/python benchmarks/scale.py             # the full measurement (about 10 minutes on a shared 2-core CPU)
     .venv/bin/python benchmarks/scale.py --sections sizes --neurons 1000 10000
 
 Workload: Split Fashion-MNIST (tasks of 12,000 training images, 2 classes each), SDMLP with
@@ -11,24 +11,31 @@ k = 10, SGD lr 0.05, batch 128, gradient clipping at 1.0, the SDM constraints af
 step, one thread (`--threads`); training epochs only (no evaluation). Every SDMLP is
 measured *after the GABA switch*: its counters are set to T, so every neuron is inhibited
 by the full v_{k+1} (exact Top-K with k active per input, the cheapest exact case; while
-some responses g are below 1 more neurons are active and the exact layer costs more).
+some responses g are below 1 more neurons are active and the exact layer costs more), and
+its addresses trained on task 1 first (`--warm-epochs`, with the top-32 approximate layer,
+the same start for every variant of a size).
 
 Sections (each alternates its variants round by round, so all of them see the same
 machine load; the first round is warm-up; reported: medians of per-round ratios):
 - `sizes`: SDMLP with 1,000 / 10,000 / 100,000 neurons, exact and approximate
-  (`model.topk_search: lowrank`), and the ReLU MLP with 1,000 units, each trained from the
+  (`model.topk_search: lowrank` with its defaults, and with the top-32 rule for the large
+  layers; at 1,000 neurons the default falls back to the exact path), and the ReLU MLP with 1,000 units, each trained from the
   same start on task 2 after a warm-up on task 1. The ratio is to the exact SDMLP-1K epoch
-  of the same round. Large exact layers train only `--steps` steps per round (all three
-  sizes the same number), scaled to a full epoch (94 steps). Also reported: the
+  of the same round. The exact layers of 10,000 and more neurons train only `--steps`
+  steps per round, scaled to a full epoch (94 steps); the others whole epochs (in
+  `--quick` mode every variant trains 20 steps per round, scaled, so per-epoch costs
+  such as the approximate layer's index rebuild weigh ~5× more). Also reported: the
   approximate layer's recall of the true top k and of the active units (sampled against
   the exact layer), the share of its steps that were approximate, and memory: the peak
   resident size during the variant's epochs above the size before them, and the variant's
   state (weights and buffers).
 - `stack`: S = 1, 5, 20 SDMLP-1K runs (seeds 0..S−1) trained as one stack
   (train/stacked.py) against the same S runs one after another.
-- `ewc`: SDMLP-1K with per-task EWC holding the Fishers of five tasks (the paper's setting)
-  against the plain SDMLP, and against EWC with its penalty built in autograd every step
-  (how sdmcl did it before the closed form).
+- `ewc`: SDMLP-1K with per-task EWC (the paper's setting) training the fifth task, so
+  with the Fishers and anchors of four past tasks, against the plain SDMLP and against EWC
+  with its penalty built in autograd every step (how sdmcl did it before the closed
+  form); training epochs alone, and with the evaluation `sdmcl run` adds every epoch
+  (the five tasks' test sets).
 
 The machine's load average is printed before and after: on a shared machine the ratios
 hold, the seconds do not.
@@ -78,9 +85,11 @@ def engine_for(model: dict, seed: int = 0, regularizer: dict | None = None) -> E
     return engine
 
 
-def sdmlp(neurons: int, search: str = "exact") -> dict:
-    return {"name": "sdmlp", "neurons": neurons, "k": 10, "gaba_switch_activations": 150_000, "topk_search": search,
-            "search_min_neurons": 0}
+def sdmlp(neurons: int, search: str = "exact", **extra) -> dict:
+    return {"name": "sdmlp", "neurons": neurons, "k": 10, "gaba_switch_activations": 150_000, "topk_search": search, **extra}
+
+
+TOP32 = {"search_margin": None, "search_candidates": 32}  # the top-k rule (models/topk_search.py)
 
 
 def truncated(task, steps: int | None, batch_size: int = 128):
@@ -133,25 +142,39 @@ def load() -> str:
 
 def bench_sizes(args) -> None:
     variants = []
-    for n in args.neurons:
+    for n in args.neurons:  # (third field: trained for --steps steps per round only, the large exact layers)
         variants.append((f"SDMLP-{n // 1000}K exact", sdmlp(n), n >= 10_000))
-        variants.append((f"SDMLP-{n // 1000}K approximate", sdmlp(n, "lowrank"), n >= 10_000))
+        variants.append((f"SDMLP-{n // 1000}K approximate", sdmlp(n, "lowrank"), False))
+        if n >= 10_000:
+            variants.append((f"SDMLP-{n // 1000}K approximate top-32", sdmlp(n, "lowrank", **TOP32), False))
     variants.append(("ReLU-1K", {"name": "relu_mlp", "neurons": 1000}, False))
     base = variants[0][0]
+    # one trained start per size: task 1 trained `--warm-epochs` epochs after the switch (with
+    # the top-32 approximate layer, which is cheap at every size), then every variant of that
+    # size starts task 2 from it
+    starts = {}
+    for n in args.neurons:
+        donor = engine_for(sdmlp(n, "lowrank", search_min_neurons=0, **TOP32))
+        call_hook(donor.model, "on_task_start", donor.tasks[0])
+        t0 = time.perf_counter()
+        for e in range(args.warm_epochs):
+            donor.train_epoch(donor.tasks[0], e)
+        starts[n] = {k: v.clone() for k, v in donor.model.state_dict().items()}
+        print(f"  start for {n:,} neurons: {args.warm_epochs} epoch(s) of task 1 in {time.perf_counter() - t0:.0f} s", flush=True)
+        del donor
     engines, memory, times, stats = {}, {}, {}, {}
     for label, model, _ in variants:
         before = rss()
         engine = engines[label] = engine_for(model)
         tasks = engine.tasks
-        call_hook(engine.model, "on_task_start", tasks[0])
-        # warm-up on task 1 (partial for the large layers), then task 2 from its start
-        large_exact = model.get("topk_search") == "exact" and model.get("neurons", 0) >= 10_000
-        with PeakRSS() as peak:
-            engine.train_epoch(truncated(tasks[0], args.steps if large_exact else args.warm_steps), 0)
+        if model["name"] == "sdmlp":  # (the start's second moment already holds task 1's inputs)
+            engine.model.load_state_dict(starts[model["neurons"]], strict=False)
+        else:
+            engine.train_epoch(tasks[0], 0)
         call_hook(engine.model, "on_task_start", tasks[1])
         if hasattr(engine.model, "neuron_stats"):
             engine.model.neuron_stats()  # reset the windows
-        memory[label] = {"state": state_bytes(engine.model), "built": rss() - before, "peak": peak.peak - peak.start}
+        memory[label] = {"state": state_bytes(engine.model), "built": rss() - before, "peak": 0}
         times[label] = []
         stats[label] = []
     print(f"\n## SDM layer sizes (training epochs of task 2; {args.rounds} rounds, load {load()})\n")
@@ -216,7 +239,7 @@ def bench_stack(args) -> None:
 
 
 def bench_ewc(args) -> None:
-    print(f"\n## Regularized runs: SDMLP-1K + per-task EWC with five tasks' Fishers against the plain SDMLP (load {load()})\n")
+    print(f"\n## Regularized runs: SDMLP-1K + per-task EWC against the plain SDMLP, training task 5 (load {load()})\n")
     plain = engine_for(sdmlp(1000))
     ewc = engine_for(sdmlp(1000), regularizer={"name": "ewc", "lam": 200.0, "beta": 0.005})
     old = engine_for(sdmlp(1000), regularizer={"name": "ewc", "lam": 200.0, "beta": 0.005})
@@ -225,21 +248,29 @@ def bench_ewc(args) -> None:
     plain.train_epoch(truncated(plain.tasks[0], args.warm_steps), 0)
     for e in (ewc, old):
         e.model.load_state_dict(plain.model.state_dict())
-        for task in e.tasks:  # five task ends: five Fishers and anchors
+        for task in e.tasks[:4]:  # four task ends: the Fishers and anchors of tasks 1-4
             e.regularizer.on_task_end(e.model, task)
     variants = (("plain", plain), ("EWC (closed form)", ewc), ("EWC (autograd penalty)", old))
-    times = {k: [] for k, _ in variants}
+    train = {k: [] for k, _ in variants}
+    whole = {k: [] for k, _ in variants}
     for r in range(args.rounds + 1):
         for label, e in variants:
+            task = e.tasks[4]
             t0 = time.perf_counter()
-            e.train_epoch(truncated(e.tasks[1], args.epoch_steps), r)
+            loss = e.train_epoch(truncated(task, args.epoch_steps), r)
+            t1 = time.perf_counter()
+            e.evaluate(5)  # what `sdmcl run` adds every epoch: the seen tasks' test sets (10,000 images)
+            t2 = time.perf_counter()
             if r > 0:
-                times[label].append((time.perf_counter() - t0) * FULL_STEPS / (args.epoch_steps or FULL_STEPS))
-    print("| variant | s/epoch (median) | ratio to plain (median of rounds) |")
-    print("|---|---|---|")
+                scale = FULL_STEPS / (args.epoch_steps or FULL_STEPS)
+                train[label].append((t1 - t0) * scale)
+                whole[label].append((t1 - t0) * scale + (t2 - t1))
+    print("| variant | training s/epoch | ratio to plain | with the evaluation of 5 tasks: s/epoch | ratio to plain |")
+    print("|---|---|---|---|---|")
     for label, _ in variants:
-        ratio = statistics.median(t / b for t, b in zip(times[label], times["plain"]))
-        print(f"| {label} | {statistics.median(times[label]):.3f} | {ratio:.2f} |")
+        r1 = statistics.median(t / b for t, b in zip(train[label], train["plain"]))
+        r2 = statistics.median(t / b for t, b in zip(whole[label], whole["plain"]))
+        print(f"| {label} | {statistics.median(train[label]):.3f} | {r1:.2f} | {statistics.median(whole[label]):.3f} | {r2:.2f} |")
 
 
 def main() -> None:
@@ -250,6 +281,7 @@ def main() -> None:
     ap.add_argument("--stacks", nargs="+", type=int, default=[1, 5, 20])
     ap.add_argument("--rounds", type=int, help="measured rounds per section (default 5; --quick 2)")
     ap.add_argument("--steps", type=int, help="steps per round of the large exact layers (default 20; --quick 5)")
+    ap.add_argument("--warm-epochs", type=int, help="epochs of task 1 before the measured epochs of task 2 (default 3; --quick 1)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -257,6 +289,7 @@ def main() -> None:
     args.steps = args.steps or (5 if args.quick else 20)
     args.epoch_steps = 20 if args.quick else None  # steps per round of the other variants (None: whole epochs)
     args.warm_steps = 20 if args.quick else None
+    args.warm_epochs = args.warm_epochs or (1 if args.quick else 3)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     print(f"# sdmcl scale benchmark\n\nmachine: {cpu}, {os.cpu_count()} cores, {platform.machine()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s); load average {load()}")

@@ -10,14 +10,23 @@ Prescreen. P (d × r) holds the first r principal directions of the training inp
 far (of their second moment, accumulated task by task: `observe`), and the index holds
 every address projected on them, W·P (n × r), refreshed row by row as a step moves
 addresses (only the rows it changed) and rebuilt at every epoch start. For a batch X the
-scores (X·P)(W·P)ᵀ approximate the exact X·Wᵀ (the error is the inner product of the two
-residuals outside P's span); each input's `search_candidates` best approximate scores
-name its candidates, and the exact scores of the batch's union of candidates give the
-Top-K among them. (Neurons whose GABA response is still negative are active for every
-input: they are candidates of every batch.) What is approximate: a neuron of an input's
-true top k outside the union (measured by the top-k recall below), and neurons active
-beyond the top k — where the GABA response g < 1 lowers their threshold to g·v_{k+1} —
-that are not candidates (the active-unit recall).
+scores S = (X·P)(W·P)ᵀ approximate the exact X·Wᵀ (the error is the inner product of the
+two residuals outside P's span). Which neurons become the batch's candidates:
+- `search_margin` (default 0.05): neuron j when, for some input i,
+  S_ij ≥ (1 − margin)·g_j·ṽ_i, with g_j its GABA response (1 for the other k approaches)
+  and ṽ_i the (k+1)-th largest of the maxima of S_i over blocks of 32 neurons (at most the
+  (k+1)-th largest score: a conservative threshold, and no Top-K over all n scores per
+  input). A neuron is active when its score exceeds g_j·v_{k+1}, so this keeps the exact
+  layer's active set and its top k+1 up to the prescreen's error: the approximate layer
+  follows the exact one, and is faster where the exact layer is sparse (few neurons
+  active per batch).
+- `search_candidates` c > 0: also (or, with `search_margin: null`, only) each input's c
+  best approximate scores. With the margin off this approximates the top k, not the
+  active set: where GABA responses are below 1 (a neuron is then active for any input
+  whose score exceeds g·v_{k+1}, often for many inputs) the neurons active beyond an
+  input's best scores are dropped, and the layer is a different, sparser one.
+Neurons whose GABA response is ≤ 0 are active for every input: candidates of every batch.
+The exact scores of the union of candidates then give the Top-K among them.
 
 Measured before choosing (docs/speed.md): on a trained 10,000-neuron layer, faiss
 (faiss-cpu 1.15: flat, IVF and HNSW inner-product indexes) searched a batch more slowly
@@ -27,12 +36,14 @@ When the layer falls back to the exact path (every such step is exact):
 - the layer has fewer than `search_min_neurons` neurons (measured: the prescreen does not
   pay there, docs/speed.md);
 - the union of candidates exceeds `search_max_union`·n (the GABA switch phase, where
-  every neuron is excited, or a k schedule whose k is still large).
-Both rules depend on the data and weights only, so runs stay reproducible and resumable
+  every neuron is excited, a k schedule whose k is still large, or a batch for which the
+  exact layer is not sparse); the next 8 training steps then take the exact path without
+  computing the prescreen.
+These rules depend on the data and weights only, so runs stay reproducible and resumable
 bit for bit; no timing decides.
 
-Recall: every `search_recall_every` training steps, the first `search_recall_inputs`
-inputs of the batch also go through the exact layer, and the model reports (since the
+Recall: every `search_recall_every` approximate training steps, the first
+`search_recall_inputs` inputs of the batch also go through the exact layer, and the model reports (since the
 last evaluation) the recall of the true top k (the share of each input's k largest exact
 scores among the candidates), the recall of active units (the share of (input, neuron)
 pairs active in the exact layer that are active in the approximate one), the share of
@@ -45,6 +56,7 @@ import torch
 from torch import nn
 
 BLOCK = 32  # neurons per block of the ṽ estimate
+
 
 class LowRankSearch(nn.Module):
     """The prescreen index of one SDM layer and its recall statistics (buffers: saved and

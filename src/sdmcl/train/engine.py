@@ -485,7 +485,9 @@ class Engine:
         mean_loss = float(loss_total) / n
         if not math.isfinite(mean_loss):
             self.diverged(task, epoch_in_task, None, "the loss")
-        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+        # a NaN or inf anywhere makes the sum non-finite: one read of each parameter (finite
+        # weights large enough to overflow the sum would be divergence too)
+        if not all(math.isfinite(float(p.detach().sum())) for p in self.params):
             self.diverged(task, epoch_in_task, None, "a weight")
         return mean_loss
 

@@ -302,7 +302,7 @@ def train_stacked_epoch(jobs: list[tuple[Engine, object, int]], sparse_rows: boo
         mean = float(totals[s]) / n
         if not math.isfinite(mean):
             out.append(_divergence(engine, jobs[s][1], jobs[s][2], None, "the loss"))
-        elif not all(bool(torch.isfinite(p).all()) for p in engine.params):
+        elif not all(math.isfinite(float(p.detach().sum())) for p in engine.params):
             out.append(_divergence(engine, jobs[s][1], jobs[s][2], None, "a weight"))
         else:
             out.append(mean)
