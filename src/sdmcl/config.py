@@ -332,6 +332,7 @@ def expand_experiment(raw: dict, overrides: list[str] = ()) -> list[tuple[str, R
     raw = json.loads(json.dumps(raw))  # deep copy, and a check that it is plain data
     seeds = raw.pop("seeds", None)
     variants = raw.pop("variants", None)
+    raw.pop("reproduces", None)  # what the file reproduces, for `sdmcl list`: no run setting
     parsed_overrides = [parse_override(o) for o in overrides]
     for key, value in parsed_overrides:
         if key == "seeds":

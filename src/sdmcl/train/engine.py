@@ -103,11 +103,22 @@ def build_model(cfg: RunConfig, input_dim: int, num_classes: int) -> torch.nn.Mo
     return MODELS[cfg.model.name].build(cfg.model, input_dim, num_classes)
 
 
+# Model settings without weights that a run may change from the model it starts from (the
+# paper's Dropout row: a ReLU MLP pretrained without dropout, continual with p = 0.03).
+INIT_FROM_ADJUSTABLE = ("dropout",)
+
+
+def init_from_differences(pretrained_model: dict, model: dict) -> list[str]:
+    """Model settings (dotted keys) in which a run differs from the model it starts from."""
+    diffs = config_differences(pretrained_model or {}, model, "model.")
+    return [d for d in diffs if d.split(" ", 1)[0].removeprefix("model.") not in INIT_FROM_ADJUSTABLE]
+
+
 def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device) -> torch.nn.Module:
     """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept."""
     ckpt = load_checkpoint(cfg.init_from)
     pre = ckpt["config"]
-    diffs = config_differences(pre.get("model", {}), cfg.to_dict()["model"], "model.")
+    diffs = init_from_differences(pre.get("model", {}), cfg.to_dict()["model"])
     if diffs:
         raise CheckpointError(f"init_from {cfg.init_from}: model config differs from the pretrained one: {'; '.join(diffs)}; make them equal")
     pre_classes, pre_dim = ckpt.get("num_classes"), ckpt.get("input_dim")
