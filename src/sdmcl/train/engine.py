@@ -104,8 +104,9 @@ def build_model(cfg: RunConfig, input_dim: int, num_classes: int) -> torch.nn.Mo
 
 
 # Model settings without weights that a run may change from the model it starts from (the
-# paper's Dropout row: a ReLU MLP pretrained without dropout, continual with p = 0.03).
-INIT_FROM_ADJUSTABLE = ("dropout",)
+# paper's Dropout row: a ReLU MLP pretrained without dropout, continual with p = 0.03; how the
+# SDMLP computes its backward pass).
+INIT_FROM_ADJUSTABLE = ("dropout", "sparse_backward")
 
 
 def init_from_differences(pretrained_model: dict, model: dict) -> list[str]:
