@@ -138,3 +138,18 @@ def test_unfinished_source_is_refused(tmp_path):
     plan.select = lambda stage=None: plan.runs["continual"]  # as if the pretraining were left to another process
     with pytest.raises(Exception, match="has not finished"):
         run_plan(plan, progress=False)
+
+
+def test_a_run_without_model_section_takes_the_model_it_starts_from(tmp_path):
+    raw = chain(tmp_path)
+    del raw["model"]
+    raw["stages"]["pretrain"]["variants"] = {"sdm": {"model": SDM}, "relu": {"model": {"name": "relu_mlp", "neurons": 64}}}
+    raw["stages"]["continual"]["variants"] = {
+        "sdm": {},
+        "relu-dropout": {"init_from": {"stage": "pretrain", "variant": "relu"}, "model.dropout": 0.25},
+    }
+    plan = build_plan(raw)
+    sdm, relu = plan.runs["continual"]
+    assert sdm.cfg.model == plan.runs["pretrain"][0].cfg.model
+    assert relu.cfg.model.name == "relu_mlp" and relu.cfg.model.neurons == 64 and relu.cfg.model.dropout == 0.25
+    assert relu.starts_from == plan.runs["pretrain"][1].key

@@ -25,8 +25,10 @@ Rules:
 - `init_from: {stage: S, variant: V, seed: N}` (at a stage's top level or in a variant) is
   the finished run of stage S, variant V (V may be left out when S has one variant; N when
   V has one seed). It resolves to that run's directory before anything runs: the continual
-  run then starts from its weights with a new output head and the GABA counters kept. The
-  model settings of the two runs must agree (checked before anything runs).
+  run then starts from its weights with a new output head and the GABA counters kept. A
+  run that sets no `model` section takes the model settings of the run it starts from
+  (`model.KEY: value` beside it still applies); the model settings of the two runs must
+  agree except for settings without weights (dropout), checked before anything runs.
 - Command-line overrides `key=value` apply to every stage; `STAGE.key=value` to one stage.
   `--stage S` runs stage S and, before it, only the runs of earlier stages it starts from.
 
@@ -208,10 +210,21 @@ def build_plan(raw: dict, overrides: list[str] = (), path: Path | None = None) -
         if isinstance(body.get("init_from"), dict):
             refs[None] = _resolve_ref(body["init_from"], f"stages.{name}.init_from", plan, index, i)
             body["init_from"] = str(_run_dir(refs[None][1]))
-        for label, changes in (body.get("variants") or {}).items():
+        variants = body.get("variants") or {}
+        for label, changes in variants.items():
             if isinstance(changes, dict) and isinstance(changes.get("init_from"), dict):
                 refs[label] = _resolve_ref(changes["init_from"], f"stages.{name}.variants.{label}.init_from", plan, index, i)
                 changes["init_from"] = str(_run_dir(refs[label][1]))
+        # a run that starts from another and sets no model section takes that run's model
+        # settings (as the reference read them from its checkpoint); model.KEY settings still apply
+        if "model" not in body:
+            if refs.get(None) is not None and not variants:
+                body["model"] = refs[None][1].cfg.to_dict()["model"]
+            for label in list(variants):
+                changes = variants[label] if isinstance(variants[label], dict) else None
+                source = refs.get(label, refs.get(None))
+                if changes is not None and source is not None and "model" not in changes and changes.get("init_from", body.get("init_from")):
+                    variants[label] = {"model": source[1].cfg.to_dict()["model"], **changes}
         try:
             expanded = expand_experiment(body, shared + per_stage[name])
         except ConfigError as e:
