@@ -110,8 +110,10 @@ def cmd_list(args) -> int:
         print(f"experiments ({exp_dir}):")
         from sdmcl.stages import reproduces_line
 
-        for p in sorted(exp_dir.glob("*.yaml")):
-            print(f"  {p.stem:<44} {reproduces_line(p)}")
+        files = sorted(exp_dir.glob("*.yaml"))
+        width = max((len(p.stem) for p in files), default=0) + 1
+        for p in files:
+            print(f"  {p.stem:<{width}} {reproduces_line(p)}")
     return 0
 
 

@@ -103,10 +103,11 @@ def build_model(cfg: RunConfig, input_dim: int, num_classes: int) -> torch.nn.Mo
     return MODELS[cfg.model.name].build(cfg.model, input_dim, num_classes)
 
 
-# Model settings without weights that a run may change from the model it starts from (the
-# paper's Dropout row: a ReLU MLP pretrained without dropout, continual with p = 0.03; how the
-# SDMLP computes its backward pass).
-INIT_FROM_ADJUSTABLE = ("dropout", "sparse_backward")
+# Model settings without weights that a run may change from the model it starts from: dropout
+# (the paper's Dropout row: a ReLU MLP pretrained without it, continual with p = 0.03), the k
+# schedule (the reference's ConvSDM continual runs switched from a decaying mask to subtraction)
+# and how the SDMLP computes its backward pass.
+INIT_FROM_ADJUSTABLE = ("dropout", "k_approach", "k_max", "k_transition_epochs", "sparse_backward")
 
 
 def init_from_differences(pretrained_model: dict, model: dict) -> list[str]:
