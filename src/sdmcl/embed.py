@@ -139,7 +139,6 @@ def efficientnet_lite0(resolution: int | None, device: torch.device) -> Backbone
 def checkpoint_backbone(path: str | Path, device: torch.device) -> Backbone:
     """An sdmcl model whose class defines `embed(x)`, rebuilt from a run directory or checkpoint."""
     from sdmcl.config import parse_config
-    from sdmcl.registry import MODELS
     from sdmcl.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -147,7 +146,7 @@ def checkpoint_backbone(path: str | Path, device: torch.device) -> Backbone:
         cfg = parse_config(ckpt["config"])
     except UserError as e:
         raise CheckpointError(f"{path}: its stored config no longer validates ({e}); re-train it with this version") from None
-    model = MODELS[cfg.model.name].build(cfg.model, ckpt["input_dim"], ckpt["num_classes"])
+    model = _build(cfg, ckpt)
     if not callable(getattr(model, "embed", None)):
         raise CheckpointError(f"{path}: model {cfg.model.name!r} has no embed(); give a checkpoint of an image model "
                               "that defines one (e.g. convmixer), or --backbone efficientnet-lite0")
@@ -169,6 +168,17 @@ def checkpoint_backbone(path: str | Path, device: torch.device) -> Backbone:
     checksum = state_checksum(ckpt["model"], json.dumps(ckpt["config"].get("model"), sort_keys=True))
     preprocessing = {"inputs": "flattened, as in training", "pixel_scale": cfg.data.pixel_scale}
     return Backbone(f"{cfg.model.name}:{Path(path).name}", checksum, cfg.data.pixel_scale, preprocessing, features, expects)
+
+
+def _build(cfg, ckpt: dict):
+    """The checkpoint's model, built as in training (image models also need the sample shape)."""
+    from sdmcl.registry import MODELS
+
+    try:  # registries that pass image models the shape of one sample
+        from sdmcl.registry import build_model
+    except ImportError:
+        return MODELS[cfg.model.name].build(cfg.model, ckpt["input_dim"], ckpt["num_classes"])
+    return build_model(cfg.model, ckpt["input_dim"], ckpt["num_classes"], ckpt.get("input_shape"))
 
 
 def resolve_backbone(spec: str, resolution: int | None, device: torch.device) -> Backbone:
