@@ -9,6 +9,11 @@ sample (median of `--repeats` runs); the cost of a file is the sum over the runs
 epochs × training samples × that cost. Evaluation is left out (with evaluation every 10 epochs it
 adds a few per cent). Image models (ConvMixer, ConvSDM) are not costed here.
 
+On a shared machine the absolute seconds drift with the load, so the script also times, in the
+same process, the workload of docs/speed.md (SDMLP 1K on 784-d inputs, 10 classes, plain SGD),
+whose engine cost there was 0.747 s per 12,000-image epoch (62 µs per sample), and prints every
+cost also scaled by that ratio ("calibrated").
+
 The GPU column is not a measurement (no GPU was available where this was written): it counts the
 optimizer steps of the selected runs and assumes `--gpu-ms-per-step` (default 0.5 ms), the order of
 a launch-bound step of these one-hidden-layer models at batch 128; re-measure it on your GPU with
@@ -28,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+SPEED_MD_US_PER_SAMPLE = 62.25  # docs/speed.md: engine 0.747 s per epoch of 12,000 images
 
 # training samples, input size, classes of the data each file points at
 DATA = {
@@ -93,6 +100,10 @@ def main() -> int:
 
     files = [Path(f) for f in args.files] or sorted((ROOT / "experiments").glob("*.yaml"))
     per_sample: dict[tuple, float] = {}
+    calibration = measure(("sdmlp", 1000, "none", "sgd"), 784, 10, args.threads, args.repeats)
+    scale = SPEED_MD_US_PER_SAMPLE * 1e-6 / calibration
+    print(f"calibration: {1e6 * calibration:.1f} µs/sample here vs {SPEED_MD_US_PER_SAMPLE} in docs/speed.md: "
+          f"calibrated costs = measured × {scale:.2f}", flush=True)
     rows = []
     for path in files:
         try:
@@ -121,10 +132,11 @@ def main() -> int:
         note = f"; not costed: {', '.join(sorted(unknown))}" if unknown else ""
         gpu = steps * args.gpu_ms_per_step / 1000 / 3600
         rows.append((path.stem, total, f"{runs} runs{note}"))
-        print(f"{path.stem}: {total / 3600:.1f} CPU hours, GPU ~{gpu:.2f} h at {args.gpu_ms_per_step} ms/step "
+        print(f"{path.stem}: {total / 3600:.1f} CPU hours measured, {scale * total / 3600:.1f} calibrated, GPU ~{gpu:.2f} h at {args.gpu_ms_per_step} ms/step "
               f"({runs} runs, {steps:,} steps{note})", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"per_sample_us": {repr(k): 1e6 * v for k, v in per_sample.items()},
+        Path(args.json).write_text(json.dumps({"calibration_scale": scale,
+                                               "per_sample_us": {repr(k): 1e6 * v for k, v in per_sample.items()},
                                                "hours": {name: (t / 3600 if t is not None else None) for name, t, _ in rows}}, indent=1))
     return 0
 

