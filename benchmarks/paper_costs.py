@@ -1,23 +1,21 @@
-"""Expected CPU cost of the paper's experiment files, from measured per-sample training costs.
+"""Expected CPU cost of the paper's experiment files.
 
-    python benchmarks/paper_costs.py                   # every experiment file with a known data set
-    python benchmarks/paper_costs.py --threads 2 --repeats 3
+    python benchmarks/paper_costs.py                 # estimate from a measured workload (below)
+    python benchmarks/paper_costs.py --measure       # time every model shape on this machine instead
 
-For each distinct (model, neurons, input size, classes, regularizer) that an experiment file trains,
-one short run of the real engine on synthetic data of that shape measures the training seconds per
-sample (median of `--repeats` runs); the cost of a file is the sum over the runs it selects of
-epochs × training samples × that cost. Evaluation is left out (with evaluation every 10 epochs it
-adds a few per cent). Image models (ConvMixer, ConvSDM) are not costed here.
-
-On a shared machine the absolute seconds drift with the load, so the script also times, in the
-same process, the workload of docs/speed.md (SDMLP 1K on 784-d inputs, 10 classes, plain SGD),
-whose engine cost there was 0.747 s per 12,000-image epoch (62 µs per sample), and prints every
-cost also scaled by that ratio ("calibrated").
+The estimate: a training step of these one-hidden-layer models is two matrix products, so the
+cost per training sample grows as neurons × (inputs + classes). It is scaled from the workload of
+docs/speed.md (SDMLP, 1,000 neurons, 784 inputs, 10 classes: 0.747 s per 12,000-image epoch,
+62 µs per sample, measured with 2 threads on the 2-core machine this was written on). With
+`--measure`, each distinct (model, neurons, inputs, classes, regularizer, optimizer) is timed by
+a short run of the real engine on synthetic data of that shape (median of `--repeats`) — on an
+unloaded machine; on a shared one the seconds drift with the load. The cost of a file is the sum
+over the runs it selects of epochs × training samples × that cost; evaluation is left out (a few
+per cent with evaluation every 10 epochs). Image models (ConvMixer, ConvSDM) are not costed.
 
 The GPU column is not a measurement (no GPU was available where this was written): it counts the
 optimizer steps of the selected runs and assumes `--gpu-ms-per-step` (default 0.5 ms), the order of
-a launch-bound step of these one-hidden-layer models at batch 128; re-measure it on your GPU with
-`sdmcl run` and scale.
+a launch-bound step of these small models at batch 128; time `sdmcl run` on your card and scale.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 SPEED_MD_US_PER_SAMPLE = 62.25  # docs/speed.md: engine 0.747 s per epoch of 12,000 images
+SPEED_MD_SHAPE = 1000 * (784 + 10)  # its neurons × (inputs + classes)
 
 # training samples, input size, classes of the data each file points at
 DATA = {
@@ -47,6 +46,7 @@ DATA = {
     ("fashion-mnist", None): (60_000, 784, 10),
     ("embeddings", "data/embeddings/fashion-mnist-efficientnet-lite0-64"): (60_000, 1280, 10),
     ("embeddings", "data/embeddings/digits-efficientnet-lite0-64"): (1_438, 1280, 10),
+    ("digits", None): (1_438, 64, 10),
 }
 
 
@@ -88,6 +88,7 @@ def measure(key: tuple, dim: int, classes: int, threads: int, repeats: int) -> f
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", help="experiment files (default: all in experiments/)")
+    ap.add_argument("--measure", action="store_true", help="time every model shape here instead of estimating")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--gpu-ms-per-step", type=float, default=0.5, help="assumed GPU step time for the GPU column")
@@ -100,10 +101,17 @@ def main() -> int:
 
     files = [Path(f) for f in args.files] or sorted((ROOT / "experiments").glob("*.yaml"))
     per_sample: dict[tuple, float] = {}
-    calibration = measure(("sdmlp", 1000, "none", "sgd"), 784, 10, args.threads, args.repeats)
-    scale = SPEED_MD_US_PER_SAMPLE * 1e-6 / calibration
-    print(f"calibration: {1e6 * calibration:.1f} µs/sample here vs {SPEED_MD_US_PER_SAMPLE} in docs/speed.md: "
-          f"calibrated costs = measured × {scale:.2f}", flush=True)
+
+    def cost(key, dim, classes) -> float:
+        if (key, dim, classes) not in per_sample:
+            if args.measure:
+                per_sample[(key, dim, classes)] = measure(key, dim, classes, args.threads, args.repeats)
+                print(f"  measured {key} d={dim} C={classes}: {1e6 * per_sample[(key, dim, classes)]:.2f} µs/sample", flush=True)
+            else:
+                neurons = key[1] if key[0] != "fly" else 0  # the FlyModel's one pass per task is negligible
+                per_sample[(key, dim, classes)] = SPEED_MD_US_PER_SAMPLE * 1e-6 * neurons * (dim + classes) / SPEED_MD_SHAPE
+        return per_sample[(key, dim, classes)]
+
     rows = []
     for path in files:
         try:
@@ -122,20 +130,17 @@ def main() -> int:
             if r.cfg.model.name in ("convmixer", "convsdm", "dendrites", "nispa"):
                 unknown.add(r.cfg.model.name)
                 continue
-            if (key, dim, classes) not in per_sample:
-                per_sample[(key, dim, classes)] = measure(key, dim, classes, args.threads, args.repeats)
-                print(f"  measured {key} d={dim} C={classes}: {1e6 * per_sample[(key, dim, classes)]:.2f} µs/sample", flush=True)
-            total += r.cfg.train.epochs_per_task * n * per_sample[(key, dim, classes)]
+            total += r.cfg.train.epochs_per_task * n * cost(key, dim, classes)
             tasks = 1 if r.cfg.benchmark.joint else (r.cfg.benchmark.num_tasks or classes // r.cfg.benchmark.classes_per_task)
             steps += r.cfg.train.epochs_per_task * tasks * -(-n // tasks // r.cfg.train.batch_size)
             runs += 1
         note = f"; not costed: {', '.join(sorted(unknown))}" if unknown else ""
         gpu = steps * args.gpu_ms_per_step / 1000 / 3600
         rows.append((path.stem, total, f"{runs} runs{note}"))
-        print(f"{path.stem}: {total / 3600:.1f} CPU hours measured, {scale * total / 3600:.1f} calibrated, GPU ~{gpu:.2f} h at {args.gpu_ms_per_step} ms/step "
+        print(f"{path.stem}: {total / 3600:.1f} CPU hours, GPU ~{gpu:.2f} h at {args.gpu_ms_per_step} ms/step "
               f"({runs} runs, {steps:,} steps{note})", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"calibration_scale": scale,
+        Path(args.json).write_text(json.dumps({"measured": args.measure,
                                                "per_sample_us": {repr(k): 1e6 * v for k, v in per_sample.items()},
                                                "hours": {name: (t / 3600 if t is not None else None) for name, t, _ in rows}}, indent=1))
     return 0
