@@ -78,6 +78,8 @@ class Plan:
     def select(self, stage: str | None = None) -> list[PlannedRun]:
         """The runs to execute, in order: every run of `stage` (default: of every stage, but of
         an included stage only those that later stages start from) and the runs they need."""
+        if stage is not None and self.stages == [None]:
+            raise ConfigError(f"--stage: {self.path or 'this file'} has no stages; run it without --stage")
         if stage is not None and stage not in self.stages:
             raise ConfigError(f"--stage: {stage!r} is not a stage of this file; its stages are {', '.join(map(str, self.stages))}")
         wanted = [r for s in self.stages if (stage is None and s not in self.included) or s == stage for r in self.runs[s]]
