@@ -270,12 +270,16 @@ def reproduces_line(path: Path) -> str:
     return first.lstrip("# ").strip()
 
 
-def run_plan(plan: Plan, stage: str | None = None, progress: bool = True) -> list[tuple[str | None, list[tuple[str, dict]]]]:
-    """Run the selected runs stage by stage; returns (stage, [(label, summary)]) per stage run."""
+def run_plan(plan: Plan, stage: str | None = None, progress: bool = True, runner=None) -> list[tuple[str | None, Any]]:
+    """Run the selected runs stage by stage; returns (stage, what `runner` returned) per stage run.
+
+    `runner(runs)` trains a list of (label, RunConfig) (default: `launch.run_many`); a stage
+    starts only when the runs it starts from have finished."""
     from sdmcl.errors import CheckpointError
     from sdmcl.launch import run_many
     from sdmcl.train.rundir import RunDir
 
+    runner = runner or (lambda runs: run_many(runs, progress=progress))
     selected = plan.select(stage)
     by_key = {r.key: r for r in plan.all_runs()}
     out = []
@@ -290,6 +294,5 @@ def run_plan(plan: Plan, stage: str | None = None, progress: bool = True) -> lis
                                       f"{_run_dir(src)}) has not finished; run its stage first")
         if name is not None:
             print(f"=== stage {name}: {len(runs)} run(s)")
-        labels = [(r.label if name is None else f"{name}/{r.label}", r.cfg) for r in runs]
-        out.append((name, run_many(labels, progress=progress)))
+        out.append((name, runner([(r.label if name is None else f"{name}/{r.label}", r.cfg) for r in runs])))
     return out
