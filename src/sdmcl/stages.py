@@ -246,10 +246,21 @@ def build_plan(raw: dict, overrides: list[str] = (), path: Path | None = None) -
     return plan
 
 
+# The run directory's stamp hashes the content of the run's data files. When they are not
+# there yet (a file checked before its data is downloaded), a run that starts from it names
+# this placeholder; the plan still validates, and running it stops at the missing data first.
+UNRESOLVED = "<stamp of its data, once it is there>"
+
+
 def _run_dir(run: PlannedRun) -> Path:
+    from sdmcl.errors import DataError
     from sdmcl.train.rundir import run_dir_for
 
-    return run_dir_for(run.cfg)
+    try:
+        return run_dir_for(run.cfg)
+    except DataError:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run.cfg.name) or "run"
+        return Path(run.cfg.output.dir) / f"{safe}-{UNRESOLVED}"
 
 
 def load_plan(path: str | Path, overrides: list[str] = ()) -> Plan:
