@@ -115,3 +115,22 @@ def test_efficientnet_lite0_offline(tmp_path):
     # the run config can point at it right away
     data = load_dataset("embeddings", path=str(out))
     assert data.input_dim == 1280 and np.array_equal(data.test_y, y.numpy())
+
+
+def test_convmixer_checkpoint_embeds_images(tmp_path):
+    """The paper's pipeline in miniature: a ConvMixer checkpoint (as a finished run writes it) embeds digits."""
+    from sdmcl.registry import build_model
+
+    cfg = parse_config({"name": "cm", "data": {"source": "digits"},
+                        "model": {"name": "convmixer", "hdim": 8, "depth": 1, "patch_size": 2, "kernel_size": 3},
+                        "optim": {"name": "adamw", "lr": 0.01}})
+    model = build_model(cfg.model, 64, 10, (1, 8, 8)).eval()
+    save_checkpoint(tmp_path / "model.pt", {"config": cfg.to_dict(), "num_classes": 10, "input_dim": 64,
+                                            "input_shape": [1, 8, 8], "model": model.state_dict()})
+    result = embed("digits", str(tmp_path / "model.pt"), out=tmp_path / "emb", progress=False, log=lambda m: None)
+    assert result.dim == 8 and not result.hit
+    test_x, _ = torch.load(tmp_path / "emb" / "test.pt", weights_only=True)
+    data = load_dataset("digits")
+    with torch.no_grad():
+        expected = model.embed(torch.from_numpy(data.test_x.reshape(len(data.test_x), -1)))
+    torch.testing.assert_close(test_x, expected)

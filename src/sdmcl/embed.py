@@ -76,7 +76,7 @@ def state_checksum(state: dict, extra: str = "") -> str:
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too (BatchNorm counts)
     return h.hexdigest()
 
 
@@ -178,13 +178,9 @@ def checkpoint_backbone(path: str | Path, device: torch.device) -> Backbone:
 
 
 def _build(cfg, ckpt: dict):
-    """The checkpoint's model, built as in training (image models also need the sample shape)."""
-    from sdmcl.registry import MODELS
+    """The checkpoint's model, built as in training (image models also get the sample shape)."""
+    from sdmcl.registry import build_model
 
-    try:  # registries that pass image models the shape of one sample
-        from sdmcl.registry import build_model
-    except ImportError:
-        return MODELS[cfg.model.name].build(cfg.model, ckpt["input_dim"], ckpt["num_classes"])
     return build_model(cfg.model, ckpt["input_dim"], ckpt["num_classes"], ckpt.get("input_shape"))
 
 
