@@ -61,4 +61,9 @@ def overrides(cb: Callback, hook: str) -> bool:
 
 def build_callbacks(cfg) -> list[Callback]:
     """The callbacks a run config asks for (none by default)."""
-    return []
+    callbacks: list[Callback] = []
+    if cfg.investigate.enabled():
+        from sdmcl.train.investigations import build_investigations
+
+        callbacks += build_investigations(cfg.investigate)
+    return callbacks
