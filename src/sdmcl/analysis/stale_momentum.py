@@ -54,17 +54,23 @@ def make_optimizer(name: str, params, lr: float, momentum: float = 0.9) -> torch
 
 
 def toy_updates(name: str, grads, lr: float = 1.0) -> np.ndarray:
-    """The update −Δw at every step of one weight given its gradient at every step (0 = the
-    neuron is silent), under optimizer `name` with learning rate `lr`."""
-    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    """The update −Δw at every step of a weight given its gradient at every step (0 = the
+    neuron is silent), under optimizer `name` with learning rate `lr`. `grads` is a vector
+    (one weight) or steps × weights (independent weights: every optimizer here acts on each
+    coordinate separately)."""
+    g_all = torch.as_tensor(np.asarray(grads, dtype=np.float64))
+    one = g_all.ndim == 1
+    g_all = g_all[:, None] if one else g_all
+    w = torch.zeros(g_all.shape[1], dtype=torch.float64, requires_grad=True)
     opt = make_optimizer(name, [w], lr)
     out = []
-    for g in grads:
-        w.grad = torch.full((1,), float(g), dtype=torch.float64)  # a silent neuron's gradient is an exact zero
-        before = float(w.detach())
+    for g in g_all:
+        w.grad = g.clone()  # a silent neuron's gradient is an exact zero
+        before = w.detach().clone()
         opt.step()
-        out.append(before - float(w.detach()))
-    return np.asarray(out)
+        out.append((before - w.detach()).numpy())
+    u = np.stack(out)
+    return u[:, 0] if one else u
 
 
 def silence_schedule(g: float, active_steps: int, silence: int, tail: int = 0) -> np.ndarray:
@@ -74,8 +80,18 @@ def silence_schedule(g: float, active_steps: int, silence: int, tail: int = 0) -
 
 def silence_measures(name: str, g: float, active_steps: int, silence: int) -> tuple[float, float]:
     """(summed |update| while silent, update at re-activation), per unit learning rate."""
-    u = toy_updates(name, silence_schedule(g, active_steps, silence))
-    return float(np.abs(u[active_steps : active_steps + silence]).sum()), float(u[-1])
+    return silence_sweep(name, g, active_steps, [silence])[0]
+
+
+def silence_sweep(name: str, g: float, active_steps: int, lengths: list[int]) -> list[tuple[float, float]]:
+    """`silence_measures` for several silence lengths at once (one independent weight each)."""
+    steps = active_steps + max(lengths) + 1
+    grads = np.zeros((steps, len(lengths)))
+    grads[:active_steps] = g
+    for j, s in enumerate(lengths):
+        grads[active_steps + s, j] = g
+    u = toy_updates(name, grads)
+    return [(float(np.abs(u[active_steps : active_steps + s, j]).sum()), float(u[active_steps + s, j])) for j, s in enumerate(lengths)]
 
 
 def analyze(run_args: list[str], out: Path, g: float = 0.2, active_steps: int = 2, reactivate_at: int = 50,
@@ -91,7 +107,7 @@ def analyze(run_args: list[str], out: Path, g: float = 0.2, active_steps: int = 
                              [[t, grads[t]] + [traces[n][t] for n in OPTIMIZERS] + [PAPER_LR[n] * traces[n][t] for n in OPTIMIZERS]
                               for t in range(len(grads))]))
     lengths = list(range(1, max_silence + 1))
-    sweep = {n: [silence_measures(n, g, active_steps, s) for s in lengths] for n in OPTIMIZERS}
+    sweep = {n: silence_sweep(n, g, active_steps, lengths) for n in OPTIMIZERS}
     rows = []
     for i, s in enumerate(lengths):
         row = [s]
