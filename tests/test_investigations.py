@@ -206,7 +206,7 @@ def update_rows(tmp_path, optim, every=1, tasks=1):
 
 
 def test_update_norms_match_the_weights_step_by_step(tmp_path):
-    rows, rec, _ = update_rows(tmp_path, {"name": "sgdm", "lr": 0.1, "momentum": 0.9}, every=2, tasks=2)
+    rows, rec, rd = update_rows(tmp_path, {"name": "sgdm", "lr": 0.1, "momentum": 0.9}, every=2, tasks=2)
     steps = len(rec.W) - 1
     assert [int(r["step"]) for r in rows] == list(range(0, steps, 2))  # every second step
     for r in rows:
@@ -220,6 +220,17 @@ def test_update_norms_match_the_weights_step_by_step(tmp_path):
             assert float(r["mean_norm_inactive"]) == pytest.approx(norms[~active].mean(), rel=1e-4, abs=1e-9)
     # after the GABA switch most neurons are silent in a batch, and momentum keeps moving them
     assert any(int(r["inactive"]) > 0 and int(r["inactive_moved"]) > 0 for r in rows)
+    # the per-epoch table by silence length: the same neurons, binned by steps since last active
+    by_silence = read_csv(rd.path / "investigations" / "update_norms_by_silence.csv")
+    for group in ("active", "inactive"):
+        assert sum(int(r["count"]) for r in by_silence if r["group"] == group) == sum(int(r[group]) for r in rows)
+    # active again right after being active (silence 0): recomputed from the recorded activity
+    both = sum(int((rec.active[t] & rec.active[t - 1]).sum()) for t in range(2, len(rec.active), 2))
+    first = int(rec.active[0].sum())  # step 0: never active before
+    zero = [r for r in by_silence if r["group"] == "active" and r["silence_min"] == "0"]
+    never = [r for r in by_silence if r["group"] == "active" and r["silence_min"] == "-1"]
+    assert sum(int(r["count"]) for r in zero) == both
+    assert sum(int(r["count"]) for r in never) == first
 
 
 def test_plain_sgd_leaves_inactive_neurons_exactly_still(tmp_path):

@@ -283,6 +283,7 @@ class UpdateNorms(Callback):
         self.prev_window = self.window.detach().clone()
         # the address matrix as the next step will find it; refreshed before each measured step
         self.prev_weight = self.weight.detach().clone()
+        self.diff = torch.empty_like(self.prev_weight)
         base = engine.run_dir.path / INVESTIGATIONS_DIR
         self.logs = (AppendLog(base / "update_norms.csv", self.HEADER), AppendLog(base / "update_norms_by_silence.csv", self.SILENCE_HEADER))
         for log, key in zip(self.logs, ("bytes", "silence_bytes")):
@@ -309,7 +310,7 @@ class UpdateNorms(Callback):
         measured = step % self.every == 0
         if measured:
             W = self.weight.detach()
-            norms = torch.linalg.vector_norm(W - self.prev_weight, dim=1).cpu().numpy().astype(np.float64)
+            norms = torch.linalg.vector_norm(torch.sub(W, self.prev_weight, out=self.diff), dim=1).cpu().numpy().astype(np.float64)
             silence = np.where(self.last_active < 0, -1, step - 1 - self.last_active)  # steps silent before this one
             self.record(engine, step, active, norms, silence)
         self.last_active[active] = step
@@ -324,24 +325,34 @@ class UpdateNorms(Callback):
         self.logs[0].write([[step, engine.state.epochs_done + 1, engine.state.next_task, na, ni, mean(active), mean(inactive),
                              float(norms[inactive].max()) if ni else "", int((norms[inactive] > self.MOVED).sum()),
                              mean(reactivated), nr]])
-        # inactive neurons: silent for (silence + 1) steps including this one
+        # per epoch, by group and silence bin: count, summed norm, largest norm (bin b at index b + 1,
+        # index 0 = never active). Inactive neurons are silent for silence + 1 steps counting this one.
         for group, mask, length in (("active", active, silence), ("inactive", inactive, np.where(silence < 0, -1, silence + 1))):
             if not mask.any():
                 continue
-            b = silence_bin(length[mask])
+            b = silence_bin(length[mask]) + 1
             v = norms[mask]
-            for key in np.unique(b):
-                sel = v[b == key]
-                acc = self.bins.setdefault((group, int(key)), [0, 0.0, 0.0])
-                acc[0] += len(sel)
-                acc[1] += float(sel.sum())
-                acc[2] = max(acc[2], float(sel.max()))
+            acc = self.bins.get(group)
+            size = max(int(b.max()) + 1, 0 if acc is None else len(acc[0]))
+            if acc is None or len(acc[0]) < size:
+                grown = [np.zeros(size, np.int64), np.zeros(size), np.zeros(size)]
+                if acc is not None:
+                    for new, old in zip(grown, acc):
+                        new[: len(old)] = old
+                acc = self.bins[group] = grown
+            acc[0] += np.bincount(b, minlength=size)
+            acc[1] += np.bincount(b, weights=v, minlength=size)
+            np.maximum.at(acc[2], b, v)
 
     def on_epoch_end(self, engine, task, epoch_in_task: int) -> None:
         rows = []
-        for (group, b), (count, total, mx) in sorted(self.bins.items()):
-            lo, hi = silence_bin_range(b)
-            rows.append([engine.state.epochs_done, task.index, group, lo, hi, count, total / count, mx])
+        for group in ("active", "inactive"):
+            if group not in self.bins:
+                continue
+            counts, totals, maxima = self.bins[group]
+            for i in np.flatnonzero(counts):
+                lo, hi = silence_bin_range(int(i) - 1)
+                rows.append([engine.state.epochs_done, task.index, group, lo, hi, int(counts[i]), float(totals[i] / counts[i]), float(maxima[i])])
         self.logs[1].write(rows)
         self.bins = {}
         for log in self.logs:
