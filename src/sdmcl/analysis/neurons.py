@@ -129,10 +129,19 @@ def plot(per_run, out: Path) -> list[Path]:
     for i, (run, series, _, _, _) in enumerate(per_run):
         c = cmap(i % 10)
         ep = [s[0] for s in series]
-        a1.plot(ep, [100 * s[2]["alive_fraction"] for s in series], color=c, lw=1.6, label=f"{run.label}")
+        a1.plot(ep, [100 * s[2]["alive_fraction"] for s in series], color=c, lw=1.6, marker="o", ms=2.5, label=f"{run.label}")
         a1.plot(ep, [100 * s[4] for s in series], color=c, lw=1.0, ls="--")
         a1.plot(ep, [100 * s[3]["alive_fraction"] for s in series], color=c, lw=1.0, ls=":")
-        a2.plot(ep, [s[2]["mean_class_entropy"] for s in series], color=c, lw=1.6, label=run.label)
+        a2.plot(ep, [s[2]["mean_class_entropy"] for s in series], color=c, lw=1.6, marker="o", ms=2.5, label=run.label)
+    if per_run:  # the largest possible entropy, ln(classes seen), and the task boundaries of the first run
+        run, series = per_run[0][0], per_run[0][1]
+        a2.step([s[0] for s in series], [math.log(max(s[2]["classes"], 1)) for s in series], where="mid", color="grey", ls=":",
+                lw=1, label="ln(classes seen): uniform over classes")
+        E = run.get("train.epochs_per_task")
+        tasks = max(s[1] for s in series) + 1
+        for ax in (a1, a2):
+            for t in range(1, tasks):
+                ax.axvline(t * E, color="lightgrey", lw=0.8, zorder=0)
     a1.set_xlabel("epoch")
     a1.set_ylabel("alive neurons (%)")
     a1.set_ylim(-2, 102)
@@ -141,6 +150,7 @@ def plot(per_run, out: Path) -> list[Path]:
     a2.set_xlabel("epoch")
     a2.set_ylabel("mean class entropy per neuron (nats)")
     a2.set_title("Class entropy of the neurons' activity (training data of the seen tasks)", fontsize=9)
+    a2.legend(fontsize=7)
     paths = [save_figure(fig, out / "neurons_over_time.png")]
 
     k = len(per_run)
