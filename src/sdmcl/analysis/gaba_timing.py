@@ -8,7 +8,9 @@ the first tasks. The paper's ablation ran T from 10,000,000 down to 5,000.
 Each finished run given is grouped by T (several seeds give mean ± s.e.m.). Per group:
 final average accuracy; dead neurons at the end (`fraction_dead` in summary.json: neurons
 inactive for every training input since the previous evaluation); neurons never active
-(from activation snapshots, when the runs have them); and how far the switch had come by
+(from activation snapshots, when the runs have them); the reference's dead-neuron
+definition (summed activation below a threshold over the last training window) when
+summary.json carries `fraction_dead_reference_train`; and how far the switch had come by
 the end of the first task (`gaba_switched` and active neurons per input in metrics.jsonl).
 Files: `gaba_timing.png`, `gaba_timing.csv`.
 """
@@ -48,10 +50,12 @@ def analyze(run_args: list[str], out: Path, **_) -> str:
         if run.get("model.k_approach") != "gaba_switch":
             raise UserError(f"{run.path}: k_approach is {run.get('model.k_approach')!r}; gaba-timing compares runs with k_approach gaba_switch")
         T = int(run.get("model.gaba_switch_activations"))
-        g = groups.setdefault(T, {k: [] for k in ("acc", "dead", "never", "switched", "active")})
+        g = groups.setdefault(T, {k: [] for k in ("acc", "dead", "never", "switched", "active", "dead_ref")})
         g["acc"].append(s["final_average_accuracy"])
         if s.get("fraction_dead") is not None:
             g["dead"].append(s["fraction_dead"])
+        if s.get("fraction_dead_reference_train") is not None:  # written by versions that carry the reference's definition
+            g["dead_ref"].append(s["fraction_dead_reference_train"])
         nv = never_active(run)
         if nv is not None:
             g["never"].append(nv)
@@ -64,11 +68,12 @@ def analyze(run_args: list[str], out: Path, **_) -> str:
     for T in sorted(groups):
         g = groups[T]
         ms = {k: mean_sem(v) if v else (math.nan, math.nan) for k, v in g.items()}
-        rows.append([T, len(g["acc"]), *ms["acc"], *ms["dead"], *ms["never"], ms["switched"][0], ms["active"][0]])
+        rows.append([T, len(g["acc"]), *ms["acc"], *ms["dead"], *ms["never"], ms["switched"][0], ms["active"][0], ms["dead_ref"][0]])
     out.mkdir(parents=True, exist_ok=True)
     files = [write_csv(out / "gaba_timing.csv", ["gaba_switch_activations", "runs", "final_average_accuracy", "accuracy_sem",
                                                  "fraction_dead_final", "dead_sem", "never_active", "never_active_sem",
-                                                 "switched_after_task_1", "active_per_input_after_task_1"], rows)]
+                                                 "switched_after_task_1", "active_per_input_after_task_1",
+                                                 "fraction_dead_reference_definition"], rows)]
     files.append(plot(rows, out))
     text = table(["T", "runs", "final acc", "dead (final)", "never active", "switched after task 1", "active/input after task 1"],
                  [[f"{r[0]:,}", r[1], _pm(r[2], r[3]), _pm(r[4], r[5]), _pm(r[6], r[7]), _pct(r[8]), "" if math.isnan(r[9]) else f"{r[9]:.1f}"]

@@ -45,6 +45,7 @@ import torch
 from sdmcl import metrics
 from sdmcl.errors import ConfigError, OutputError
 from sdmcl.train.callbacks import Callback
+from sdmcl.train.checkpoint import atomic_write_bytes
 
 INVESTIGATIONS_DIR = "investigations"
 
@@ -212,8 +213,6 @@ class ActivationSnapshots(Callback):
             payload.update(most_used=most, least_used=least, most_used_addresses=W[most], least_used_addresses=W[least])
         buf = io.BytesIO()
         np.savez_compressed(buf, **payload)
-        from sdmcl.train.checkpoint import atomic_write_bytes
-
         atomic_write_bytes(self.dir / f"epoch_{epoch:06d}.npz", lambda f: f.write(buf.getvalue()))
         rows = []
         for split, (c, smp, _, per_input) in (("train", train), ("test", test)):
