@@ -6,9 +6,11 @@ snapshot (epoch) and run:
 
 - alive fraction: neurons active for at least one input of the split (seen tasks' training
   or test data) with the weights of that epoch;
-- ever alive: neurons active for at least one training input in any snapshot so far — the
-  reference's cumulative "alive neurons" (its counter summed every neuron's activity over
-  the whole run and called a neuron alive once the sum was > 0);
+- ever alive: neurons active for at least one training input in any snapshot so far; and
+  from the end of task 1 on (once the k schedule or GABA switch of the experiment files has
+  completed; from the start for runs with `init_from`) — the reference's cumulative "alive
+  neurons" (its counter summed every neuron's activity over the continual run of a
+  pretrained, already switched model and called a neuron alive once the sum was > 0);
 - class entropy: for each neuron ever active in the snapshot, the entropy (nats) of its
   activity over the classes, averaged over those neurons (the reference notebook's
   statistic; 0 = one class, ln C = all classes equally); also weighted by each neuron's
@@ -17,7 +19,7 @@ snapshot (epoch) and run:
 Figures: `neurons_over_time.png` (alive fractions and mean class entropy over epochs),
 `class_entropy.png` (histogram of class entropies at the chosen snapshot, one panel per
 run), `activation_counts.png` (histogram of log10 of how many training inputs each neuron
-was active for, summed over snapshots — the notebook's figure). CSV: `neurons_over_time.csv`,
+was active for, summed over the snapshots from the end of task 1 — the notebook's figure). CSV: `neurons_over_time.csv`,
 `neurons_summary.csv`, `class_entropy.csv` (one row per run and neuron).
 """
 
@@ -61,23 +63,35 @@ def pick_snapshot(run: Run, epoch: int | None) -> Path:
     raise UserError(f"{run.path}: no activation snapshot at epoch {epoch}; it has epochs {have}")
 
 
+def settled_from(run: Run) -> int:
+    """First epoch of the settled phase: the end of task 1 (the k schedules and GABA switches
+    of the experiment files complete within it), or 0 for a run started from a pretrained
+    model (`init_from`), whose switch completed in pretraining — the reference's setting."""
+    if run.get("init_from"):
+        return 0
+    return int(run.get("train.epochs_per_task", 0) or 0)
+
+
 def analyze(run_args: list[str], out: Path, epoch: int | None = None, **_) -> str:
     runs = find_runs(run_args, "neurons")
     over_time, summary, entropy_rows = [], [], []
-    per_run = []  # (run, epochs, train stats, test stats, ever alive, final entropies, cumulative counts)
+    per_run = []  # (run, series, final entropies, settled counts, classes seen)
     for run in runs:
         paths = run.require_snapshots("neurons")
         final_path = pick_snapshot(run, epoch)
-        ever = None
-        cumulative = None
+        since = settled_from(run)
+        ever = settled = None  # active in any snapshot; active in any snapshot from `since` on
+        settled_counts = None  # training counts summed over the snapshots from `since` on
         series = []
         final = None
         for p in paths:
             snap = load_snapshot(p)
             ep = int(snap["epoch"])
-            per_neuron = np.asarray(snap["train_counts"]).sum(0)
+            per_neuron = np.asarray(snap["train_counts"]).sum(0).astype(np.int64)
             ever = per_neuron > 0 if ever is None else ever | (per_neuron > 0)
-            cumulative = per_neuron.astype(np.int64) if cumulative is None else cumulative + per_neuron
+            if ep >= since:
+                settled = per_neuron > 0 if settled is None else settled | (per_neuron > 0)
+                settled_counts = per_neuron if settled_counts is None else settled_counts + per_neuron
             tr, te = snapshot_stats(snap, "train"), snapshot_stats(snap, "test")
             ever_alive = float(ever.mean())
             series.append((ep, int(snap["task"]), tr, te, ever_alive))
@@ -86,8 +100,9 @@ def analyze(run_args: list[str], out: Path, epoch: int | None = None, **_) -> st
                                   ever_alive if split == "train" else None, st["mean_class_entropy"],
                                   st["weighted_class_entropy"], st["active_per_input"]])
             if p == final_path:
-                final = (snap, tr, te, ever_alive, cumulative.copy())
-        snap, tr, te, ever_alive, cum = final
+                final = (snap, tr, te, ever_alive,
+                         None if settled is None else float(settled.mean()), None if settled_counts is None else settled_counts.copy())
+        snap, tr, te, ever_alive, settled_alive, counts_since = final
         counts = np.asarray(snap["train_counts"])
         seen = np.asarray(snap["train_samples"]) > 0
         ent = metrics.class_entropy(counts[seen].T)
@@ -95,22 +110,24 @@ def analyze(run_args: list[str], out: Path, epoch: int | None = None, **_) -> st
             entropy_rows.append([run.label, i, int(c), None if math.isnan(h) else float(h)])
         acc = run.summary.get("final_average_accuracy") if run.summary else None
         summary.append([run.label, str(run.path), run.get("model.name"), int(snap["epoch"]), tr["alive_fraction"], te["alive_fraction"],
-                        ever_alive, tr["mean_class_entropy"], tr["weighted_class_entropy"], math.log(int(seen.sum())) if seen.any() else None,
-                        tr["active_per_input"], acc])
-        per_run.append((run, series, ent, cum, int(seen.sum())))
+                        ever_alive, since, settled_alive, tr["mean_class_entropy"], tr["weighted_class_entropy"],
+                        math.log(int(seen.sum())) if seen.any() else None, tr["active_per_input"], acc])
+        per_run.append((run, series, ent, counts_since, int(seen.sum()), since))
 
     out.mkdir(parents=True, exist_ok=True)
     written = [
         write_csv(out / "neurons_over_time.csv", ["run", "path", "epoch", "task", "split", "samples", "alive_fraction", "ever_alive",
                                                    "mean_class_entropy", "weighted_class_entropy", "active_per_input"], over_time),
         write_csv(out / "neurons_summary.csv", ["run", "path", "model", "epoch", "alive_train", "alive_test", "ever_alive",
-                                                "mean_class_entropy", "weighted_class_entropy", "max_entropy_ln_classes",
-                                                "active_per_input", "final_average_accuracy"], summary),
+                                                "settled_from_epoch", "ever_alive_settled", "mean_class_entropy", "weighted_class_entropy",
+                                                "max_entropy_ln_classes", "active_per_input", "final_average_accuracy"], summary),
         write_csv(out / "class_entropy.csv", ["run", "neuron", "train_count", "class_entropy"], entropy_rows),
     ]
     written += plot(per_run, out)
-    text = table(["run", "epoch", "alive (train)", "alive (test)", "ever alive", "class entropy", "weighted", "active/input", "final acc"],
-                 [[s[0], s[3], _pct(s[4]), _pct(s[5]), _pct(s[6]), _num(s[7]), _num(s[8]), _num(s[10], 1), _pct(s[11])] for s in summary])
+    text = table(["run", "epoch", "alive (train)", "alive (test)", "ever alive", "ever alive from epoch", "class entropy", "weighted",
+                  "active/input", "final acc"],
+                 [[s[0], s[3], _pct(s[4]), _pct(s[5]), _pct(s[6]), f"{_pct(s[8])} ({s[7]})", _num(s[9]), _num(s[10]), _num(s[12], 1),
+                   _pct(s[13])] for s in summary])
     return text + "\n\nwrote " + ", ".join(str(p) for p in written)
 
 
@@ -126,7 +143,7 @@ def plot(per_run, out: Path) -> list[Path]:
     plt = pyplot()
     cmap = plt.get_cmap("tab10")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for i, (run, series, _, _, _) in enumerate(per_run):
+    for i, (run, series, *_) in enumerate(per_run):
         c = cmap(i % 10)
         ep = [s[0] for s in series]
         a1.plot(ep, [100 * s[2]["alive_fraction"] for s in series], color=c, lw=1.6, marker="o", ms=2.5, label=f"{run.label}")
@@ -155,7 +172,7 @@ def plot(per_run, out: Path) -> list[Path]:
 
     k = len(per_run)
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.0), squeeze=False, sharey=False)
-    for ax, (run, _, ent, _, classes) in zip(axes[0], per_run):
+    for ax, (run, _, ent, _, classes, _) in zip(axes[0], per_run):
         h = ent[~np.isnan(ent)]
         top = math.log(max(classes, 1))
         ax.hist(h, bins=np.linspace(0, max(top, 1e-3), 31), color="steelblue")
@@ -167,14 +184,17 @@ def plot(per_run, out: Path) -> list[Path]:
     paths.append(save_figure(fig, out / "class_entropy.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    for i, (run, _, _, cum, _) in enumerate(per_run):
+    for i, (run, _, _, cum, _, since) in enumerate(per_run):
+        if cum is None:
+            continue
         alive = cum[cum > 0]
         if len(alive):
             ax.hist(np.log10(alive), bins=40, alpha=0.5, color=cmap(i % 10),
-                    label=f"{run.label} ({100 * len(alive) / len(cum):.1f}% ever active)")
-    ax.set_xlabel("log10(training inputs a neuron was active for, summed over snapshots)")
+                    label=f"{run.label} ({100 * len(alive) / len(cum):.1f}% active from epoch {since})")
+    ax.set_xlabel("log10(training inputs a neuron was active for, summed over the snapshots from the end of task 1)")
     ax.set_ylabel("neurons")
-    ax.set_title("How often each neuron is active (neurons never active are left out)", fontsize=9)
+    ax.set_title("How often each neuron is active once the k schedule / GABA switch has settled\n(neurons never active are left out)",
+                 fontsize=9)
     ax.legend(fontsize=7)
     paths.append(save_figure(fig, out / "activation_counts.png"))
     return paths
