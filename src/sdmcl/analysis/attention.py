@@ -118,6 +118,11 @@ def load_model_and_data(run: Run):
     load_all()
     model = MODELS[cfg.model.name].build(cfg.model, ckpt["input_dim"], ckpt["num_classes"])
     model.load_state_dict(ckpt["model"])
+    if hasattr(model, "on_epoch_start"):  # k schedules: the k of the run's last epoch
+        epochs = ckpt.get("epochs_trained", (run.summary or {}).get("epochs"))
+        if epochs is None:
+            raise UserError(f"{run.path}: cannot tell how many epochs the model was trained (no summary.json); finish the run first")
+        model.on_epoch_start(int(epochs) - 1)
     model.eval()
     if not hasattr(model, "forward_with_hidden"):
         raise UserError(f"{run.path}: model {cfg.model.name!r} does not expose hidden activations")
