@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdmcl.analysis.common import Run, find_runs, pyplot, save_figure, table, write_csv
+from sdmcl.analysis.common import Run, find_runs, load_snapshot, pyplot, save_figure, table, write_csv
 from sdmcl.errors import UserError
 
 OPTIMIZERS = ("sgd", "sgdm", "adam", "rmsprop")
@@ -209,21 +209,25 @@ def analyze_runs(runs: list[Run], out: Path) -> tuple[str, list[Path]]:
             silence_rows.append([run.label, run.get("optim.name"), group, lo, hi, c, tot / c if c else None, mx,
                                  (tot / c) / mean_act if c and mean_act > 0 else None])
         s = run.summary or {}
+        snaps = run.snapshot_paths()
+        alive = None
+        if snaps:  # neurons active for some training input of the seen tasks, with the last snapshot's weights
+            alive = float((np.asarray(load_snapshot(snaps[-1])["train_counts"]).sum(0) > 0).mean())
         rows.append([run.label, run.get("optim.name"), run.get("optim.lr"), len(steps), mean_act, mean_ina,
                      mean_ina / mean_act if mean_act > 0 else None, frac_moved, mean_re / mean_act if mean_act > 0 else None,
-                     s.get("fraction_dead"), s.get("final_average_accuracy")])
+                     s.get("fraction_dead"), alive, s.get("final_average_accuracy")])
         per_run.append((run, epochs, act, ina, by_silence, mean_act))
     files = [write_csv(out / "stale_momentum_runs.csv", ["run", "optimizer", "lr", "measured_steps", "mean_norm_active", "mean_norm_inactive",
                                                          "inactive_over_active", "inactive_rows_moved", "reactivated_over_active",
-                                                         "fraction_dead_final", "final_average_accuracy"], rows),
+                                                         "fraction_dead_final", "alive_last_snapshot", "final_average_accuracy"], rows),
              write_csv(out / "stale_momentum_runs_by_silence.csv", ["run", "optimizer", "group", "silence_min", "silence_max", "count",
                                                                     "mean_norm", "max_norm", "mean_norm_over_active"], silence_rows)]
     files.append(plot_runs(per_run, out))
+    pct = lambda v: f"{100 * v:.1f}%" if v is not None else ""  # noqa: E731
     text = table(["run", "optimizer", "lr", "|Δ| active", "|Δ| inactive", "inactive/active", "inactive rows moved", "re-activated/active",
-                  "dead (final)", "final acc"],
+                  "dead (last window)", "alive (last snapshot)", "final acc"],
                  [[r[0], r[1], f"{r[2]:g}", f"{r[4]:.2e}", f"{r[5]:.2e}", f"{r[6]:.3f}" if r[6] is not None else "",
-                   f"{100 * r[7]:.1f}%", f"{r[8]:.2f}" if r[8] is not None else "",
-                   f"{100 * r[9]:.1f}%" if r[9] is not None else "", f"{100 * r[10]:.1f}%" if r[10] is not None else ""] for r in rows])
+                   pct(r[7]), f"{r[8]:.2f}" if r[8] is not None else "", pct(r[9]), pct(r[10]), pct(r[11])] for r in rows])
     return text, files
 
 
@@ -242,8 +246,9 @@ def plot_runs(per_run, out: Path) -> Path:
         axes[0].plot(ep, ratio, color=c, lw=1.5, label=run.label)
         pts = sorted((lo, tot / cnt / mean_act) for (group, lo, hi), (cnt, tot, _) in by_silence.items()
                      if group == "inactive" and lo >= 1 and cnt and mean_act > 0)
+        pts = [p for p in pts if p[1] > 0]  # exact zeros (plain SGD) have no place on a log axis
         if pts:
-            axes[1].plot([p[0] for p in pts], [max(p[1], 1e-9) for p in pts], marker="o", color=c, lw=1.5, label=run.label)
+            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=c, lw=1.5, label=run.label)
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("mean |Δ address| inactive / active")
     axes[0].set_yscale("symlog", linthresh=1e-4)
@@ -253,6 +258,6 @@ def plot_runs(per_run, out: Path) -> Path:
     axes[1].set_yscale("log")
     axes[1].set_xlabel("steps since the neuron was last active (bin start)")
     axes[1].set_ylabel("mean |Δ address| / mean active |Δ|")
-    axes[1].set_title("Inactive neurons' updates against the length of their silence", fontsize=9)
+    axes[1].set_title("Inactive neurons' updates against the length of their silence\n(bins with only exact zeros are left out)", fontsize=9)
     axes[1].legend(fontsize=7)
     return save_figure(fig, out / "stale_momentum_runs.png")
