@@ -76,13 +76,15 @@ def analyze(run_args: list[str], out: Path, **_) -> str:
                                                  "fraction_dead_reference_definition"], rows)]
     files.append(plot(rows, out))
     text = table(["T", "runs", "final acc", "dead (final)", "never active", "switched after task 1", "active/input after task 1"],
-                 [[f"{r[0]:,}", r[1], _pm(r[2], r[3]), _pm(r[4], r[5]), _pm(r[6], r[7]), _pct(r[8]), "" if math.isnan(r[9]) else f"{r[9]:.1f}"]
-                  for r in rows])
+                 [[f"{r[0]:,}", r[1], _pm(r[2], r[3], r[1]), _pm(r[4], r[5], r[1]), _pm(r[6], r[7], r[1]), _pct(r[8]),
+                   "" if math.isnan(r[9]) else f"{r[9]:.1f}"] for r in rows])
     return text + "\n\nwrote " + ", ".join(str(p) for p in files)
 
 
-def _pm(m, e) -> str:
-    return "" if math.isnan(m) else f"{100 * m:.1f} ± {100 * e:.1f}%"
+def _pm(m, e, n=2) -> str:
+    if math.isnan(m):
+        return ""
+    return f"{100 * m:.1f}%" if n < 2 else f"{100 * m:.1f} ± {100 * e:.1f}%"
 
 
 def _pct(v) -> str:
@@ -103,13 +105,16 @@ def plot(rows, out: Path) -> Path:
         m = np.isfinite(y)
         if m.any():
             a2.errorbar(T[m], y[m], yerr=np.array([100 * r[err] for r in rows])[m], marker="o", capsize=3, color=color, label=label)
-    sw = np.array([100 * r[8] for r in rows])
-    if np.isfinite(sw).any():
-        a2.plot(T[np.isfinite(sw)], sw[np.isfinite(sw)], marker="s", ls="--", color="grey", label="switched by the end of task 1")
+    act = np.array([r[9] for r in rows])
+    if np.isfinite(act).any():  # has the switch completed within task 1? (k active once it has)
+        a3 = a2.twinx()
+        a3.plot(T[np.isfinite(act)], act[np.isfinite(act)], marker="s", ls="--", color="grey")
+        a3.set_yscale("log")
+        a3.set_ylabel("active neurons per input at the end of task 1 (grey, dashed)", fontsize=8)
     a2.set_xscale("log")
     a2.set_ylim(-2, 102)
     a2.set_xlabel("GABA switch threshold T (activations)")
     a2.set_ylabel("neurons (%)")
     a2.set_title("Dead neurons against the switch threshold", fontsize=9)
-    a2.legend(fontsize=8)
+    a2.legend(fontsize=8, loc="center left")
     return save_figure(fig, out / "gaba_timing.png")

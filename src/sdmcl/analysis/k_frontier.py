@@ -72,7 +72,7 @@ def analyze(run_args: list[str], out: Path, **_) -> str:
     files.append(plot(rows, out))
     ks = [r[1] for r in rows]
     lines = [table(["model", "k", "pretraining acc", "runs", "continual acc", "runs"],
-                   [[r[0], r[1], _pm(r[2], r[3]), r[4], _pm(r[5], r[6]), r[7]] for r in rows])]
+                   [[r[0], r[1], _pm(r[2], r[3], r[4]), r[4], _pm(r[5], r[6], r[7]), r[7]] for r in rows])]
     rho_c = spearman(ks, [r[5] for r in rows])
     rho_p = spearman(ks, [r[2] for r in rows])
     lines.append(f"direction: Spearman correlation of k with continual accuracy {rho_c:+.2f}, with pretraining accuracy {rho_p:+.2f} "
@@ -80,8 +80,10 @@ def analyze(run_args: list[str], out: Path, **_) -> str:
     return "\n".join(lines) + "\n\nwrote " + ", ".join(str(p) for p in files)
 
 
-def _pm(m, e) -> str:
-    return "" if math.isnan(m) else f"{100 * m:.1f} ± {100 * e:.1f}%"
+def _pm(m, e, n=2) -> str:
+    if math.isnan(m):
+        return ""
+    return f"{100 * m:.1f}%" if n < 2 else f"{100 * m:.1f} ± {100 * e:.1f}%"
 
 
 def plot(rows, out: Path) -> Path:
