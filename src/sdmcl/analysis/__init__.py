@@ -21,5 +21,13 @@ ANALYSES = {
 
 def run_analysis(name: str, runs: list[str], out: str | None = None, **options) -> str:
     """Run analysis `name` on run directories `runs`; returns the text to print."""
+    from sdmcl.errors import OutputError
+
     module = importlib.import_module(f"sdmcl.analysis.{name.replace('-', '_')}")
-    return module.analyze(runs, Path(out) if out else Path("analysis") / name, **options)
+    folder = Path(out) if out else Path("analysis") / name
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {folder}: is a file; give a directory for the figures and CSV files")
+    try:
+        return module.analyze(runs, folder, **options)
+    except PermissionError as e:
+        raise OutputError(f"{e.filename or folder}: not writable; choose another --out directory") from None

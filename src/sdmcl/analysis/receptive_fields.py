@@ -55,17 +55,20 @@ def analyze(run_args: list[str], out: Path, epoch: int | None = None, neurons: i
     if neurons < 1:
         raise UserError(f"--neurons {neurons}: show at least 1 neuron per group")
     rows, value_rows, files, summary = [], [], [], []
-    out.mkdir(parents=True, exist_ok=True)
-    for run in runs:
+    chosen = []
+    for run in runs:  # every run checked before anything is written
         path = pick_snapshot(run, epoch)
         snap = load_snapshot(path)
         if "most_used" not in snap:
             raise UserError(f"{path}: no address rows in this snapshot; the run had investigate.receptive_fields=0")
-        counts = np.asarray(snap["train_counts"]).sum(0)
         d = snap["most_used_addresses"].shape[1]
         shape = tuple(image_shape) if image_shape else guess_image_shape(d)
         if int(np.prod(shape)) != d:
             raise UserError(f"--image-shape {'x'.join(map(str, shape))}: {int(np.prod(shape))} values, but the addresses have {d}")
+        chosen.append((run, snap, shape))
+    out.mkdir(parents=True, exist_ok=True)
+    for run, snap, shape in chosen:
+        counts = np.asarray(snap["train_counts"]).sum(0)
         groups = []
         for group in ("most_used", "least_used"):
             idx = np.asarray(snap[group])[:neurons]

@@ -96,6 +96,10 @@ def silence_sweep(name: str, g: float, active_steps: int, lengths: list[int]) ->
 
 def analyze(run_args: list[str], out: Path, g: float = 0.2, active_steps: int = 2, reactivate_at: int = 50,
             steps: int = 100, max_silence: int = 100, **_) -> str:
+    runs = find_runs(run_args, "stale-momentum", required=False)
+    for run in runs:  # before anything is written
+        if not (run.investigations / "update_norms.csv").is_file():
+            raise UserError(f"{run.path}: no update norms; run it with investigate.update_norms=true")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     # --- the toy model: one trace (the reference notebook's setting) and the sweep over silence
@@ -125,7 +129,6 @@ def analyze(run_args: list[str], out: Path, g: float = 0.2, active_steps: int = 
              table(["optimizer", "moved while silent", "update at re-activation", "× the SGD step", "paper lr", "re-activation at paper lr"],
                    [[n, f"{sweep[n][at][0]:.3f}", f"{sweep[n][at][1]:.3f}", f"{sweep[n][at][1] / g:.2f}", f"{PAPER_LR[n]:g}",
                      f"{PAPER_LR[n] * sweep[n][at][1]:.2e}"] for n in OPTIMIZERS])]
-    runs = find_runs(run_args, "stale-momentum", required=False)
     if runs:
         text, files = analyze_runs(runs, out)
         lines.append("\ninside runs (address-row update norms per step):\n" + text)
