@@ -225,4 +225,9 @@ def test_bad_input_gives_one_line_and_exit_2(runs, tmp_path, capsys):
     assert code == 2 and "64" in err
     code, _, err = analyze(capsys, "k-frontier", runs["relu"], "--out", tmp_path)
     assert code == 2 and "no k" in err
-    assert not list(tmp_path.glob("*.csv"))  # nothing half-written
+    # a good run followed by one that lacks the data: nothing is written for either
+    code, _, err = analyze(capsys, "receptive-fields", runs["sdmlp"], runs["k2"], "--out", tmp_path)
+    assert code == 2 and "activations_every" in err
+    code, _, err = analyze(capsys, "stale-momentum", runs["sdmlp"], runs["relu"], "--out", tmp_path)
+    assert code == 2 and "investigate.update_norms=true" in err
+    assert not list(tmp_path.iterdir())  # nothing half-written
