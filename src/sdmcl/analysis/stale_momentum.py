@@ -21,7 +21,9 @@ with the number of steps since the neuron was last active.
 
 Files: `stale_momentum_toy.png` / `.csv` (updates per step), `stale_momentum_silence.png` /
 `.csv` (measures against silence length), and with runs `stale_momentum_runs.png`,
-`stale_momentum_runs.csv`, `stale_momentum_runs_by_silence.csv`.
+`stale_momentum_runs.csv`, `stale_momentum_runs_by_silence.csv` and
+`stale_momentum_by_optimizer.csv` (runs of one optimizer and learning rate, e.g. seeds:
+mean ± s.e.m.).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdmcl.analysis.common import Run, find_runs, load_snapshot, pyplot, save_figure, table, write_csv
+from sdmcl.analysis.common import Run, find_runs, load_snapshot, mean_sem, pyplot, save_figure, table, write_csv
 from sdmcl.errors import UserError
 
 OPTIMIZERS = ("sgd", "sgdm", "adam", "rmsprop")
@@ -226,11 +228,33 @@ def analyze_runs(runs: list[Run], out: Path) -> tuple[str, list[Path]]:
              write_csv(out / "stale_momentum_runs_by_silence.csv", ["run", "optimizer", "group", "silence_min", "silence_max", "count",
                                                                     "mean_norm", "max_norm", "mean_norm_over_active"], silence_rows)]
     files.append(plot_runs(per_run, out))
+    # runs of the same optimizer and learning rate (seeds): mean ± s.e.m.
+    groups: dict[tuple, list[list]] = {}
+    for r in rows:
+        groups.setdefault((r[1], r[2]), []).append(r)
+    keys = ("inactive_over_active", "inactive_rows_moved", "reactivated_over_active", "fraction_dead_final", "alive_last_snapshot",
+            "final_average_accuracy")
+    agg = []
+    for (opt, lr), rs in groups.items():
+        row = [opt, lr, len(rs)]
+        for j in (6, 7, 8, 9, 10, 11):
+            vals = [r[j] for r in rs if r[j] is not None]
+            row += list(mean_sem(vals)) if vals else [None, None]
+        agg.append(row)
+    files.append(write_csv(out / "stale_momentum_by_optimizer.csv", ["optimizer", "lr", "runs"] + [f"{k}{suffix}" for k in keys
+                                                                                                   for suffix in ("", "_sem")], agg))
     pct = lambda v: f"{100 * v:.1f}%" if v is not None else ""  # noqa: E731
     text = table(["run", "optimizer", "lr", "|Δ| active", "|Δ| inactive", "inactive/active", "inactive rows moved", "re-activated/active",
                   "dead (last window)", "alive (last snapshot)", "final acc"],
                  [[r[0], r[1], f"{r[2]:g}", f"{r[4]:.2e}", f"{r[5]:.2e}", f"{r[6]:.3f}" if r[6] is not None else "",
                    pct(r[7]), f"{r[8]:.2f}" if r[8] is not None else "", pct(r[9]), pct(r[10]), pct(r[11])] for r in rows])
+    if any(a[2] > 1 for a in agg):
+        pm = lambda m, e, scale=100, unit="%": "" if m is None else f"{scale * m:.{1 if scale == 100 else 3}f} ± {scale * e:.{1 if scale == 100 else 3}f}{unit}"  # noqa: E731
+        text += "\n\nby optimizer (mean ± s.e.m. over runs):\n" + table(
+            ["optimizer", "lr", "runs", "inactive/active", "inactive rows moved", "re-activated/active", "dead (last window)",
+             "alive (last snapshot)", "final acc"],
+            [[a[0], f"{a[1]:g}", a[2], pm(a[3], a[4], 1, ""), pm(a[5], a[6]), pm(a[7], a[8], 1, ""), pm(a[9], a[10]), pm(a[11], a[12]),
+              pm(a[13], a[14])] for a in agg])
     return text, files
 
 
