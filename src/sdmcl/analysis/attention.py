@@ -108,16 +108,13 @@ def load_model_and_data(run: Run):
     """The run's final model (from model.pt) and its data set, loaded as the run loaded them."""
     from sdmcl.config import parse_config
     from sdmcl.data.sources import load_dataset
-    from sdmcl.registry import MODELS, load_all
-    from sdmcl.train.checkpoint import load_checkpoint
+    from sdmcl.train.checkpoint import load_checkpoint, load_model
 
     if not (run.path / "model.pt").is_file():
         raise UserError(f"{run.path}: no model.pt (unfinished run); attention reads the final model — finish the run first")
     cfg = parse_config(run.config)
     ckpt = load_checkpoint(run.path / "model.pt")
-    load_all()
-    model = MODELS[cfg.model.name].build(cfg.model, ckpt["input_dim"], ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
+    model = load_model(run.path / "model.pt")
     if hasattr(model, "on_epoch_start"):  # k schedules: the k of the run's last epoch
         epochs = ckpt.get("epochs_trained", (run.summary or {}).get("epochs"))
         if epochs is None:

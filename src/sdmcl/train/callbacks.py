@@ -60,8 +60,14 @@ def overrides(cb: Callback, hook: str) -> bool:
 
 
 def build_callbacks(cfg) -> list[Callback]:
-    """The callbacks a run config asks for (none by default)."""
-    callbacks: list[Callback] = []
+    """The callbacks a run config asks for: the pitfall warnings (train/pitfalls.py), always,
+    then the loggers of `output.loggers` (train/loggers.py), then the investigations of
+    `investigate` (train/investigations.py)."""
+    from sdmcl.registry import LOGGERS, load_all
+    from sdmcl.train.pitfalls import PitfallWarnings
+
+    load_all()
+    callbacks: list[Callback] = [PitfallWarnings()] + [LOGGERS[name].build(cfg) for name in cfg.output.loggers]
     if cfg.investigate.enabled():
         from sdmcl.train.investigations import build_investigations
 

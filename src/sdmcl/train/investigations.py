@@ -174,14 +174,10 @@ class ActivationSnapshots(Callback):
         return counts.round().long().cpu().numpy(), samples.cpu().numpy(), sums.cpu().numpy(), per_input
 
     def training_data(self, engine, task):
-        """The training inputs of every task seen so far, prepared one task at a time."""
+        """The training inputs of every task seen so far (never augmented), prepared one task
+        at a time as the model takes them."""
         for t in engine.tasks[: task.index + 1]:
-            if t.index == task.index:
-                yield engine.train_inputs(t), t.train_y  # the engine's cached copy
-            elif engine.prepare_inputs is not None:
-                yield engine.prepare_inputs(t.train_x), t.train_y
-            else:
-                yield t.train_x, t.train_y
+            yield (engine.prepare_inputs(t.train_x) if engine.prepare_inputs is not None else t.train_x), t.train_y
 
     def snapshot(self, engine, task) -> None:
         epoch = engine.state.epochs_done
