@@ -358,8 +358,8 @@ def check_investigate(cfg: RunConfig) -> None:
             raise ConfigError(f"investigate.{key}: must be >= 0 (0 = off), got {getattr(inv, key)}")
     if inv.update_norms_every < 1:
         raise ConfigError(f"investigate.update_norms_every: must be >= 1 (1 = every step), got {inv.update_norms_every}")
-    if inv.active_threshold < 0:
-        raise ConfigError(f"investigate.active_threshold: must be >= 0, got {inv.active_threshold}")
+    if not 0 <= inv.active_threshold < float("inf"):  # rejects NaN and infinity too
+        raise ConfigError(f"investigate.active_threshold: must be a finite number >= 0, got {inv.active_threshold}")
     if not inv.enabled():
         return
     # the investigations read one hidden layer of `model.neurons` units
