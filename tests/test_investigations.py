@@ -120,6 +120,14 @@ def test_investigate_config_is_checked(tmp_path):
     assert plain.stamp() == off.stamp() != on.stamp()
 
 
+def test_investigate_keys_are_overrides_of_experiment_files():
+    from sdmcl.experiment import expand
+
+    runs = expand({"name": "e", "data": {"source": "digits"}, "variants": {"a": {}, "b": {"model.k": 5}}},
+                  ["investigate.activations_every=2", "investigate.update_norms=true", "augment.flip=0.5"])
+    assert all(r.cfg.investigate.activations_every == 2 and r.cfg.investigate.update_norms for r in runs)
+
+
 # ---------------------------------------------------------------- snapshots written by a run
 
 
