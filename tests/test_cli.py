@@ -56,7 +56,8 @@ def test_every_shipped_experiment_validates():
         plan = load_plan(path)
         assert plan.all_runs(), path
         ours = ("quickstart", "fly_split_fashion_mnist", "split_fashion_mnist_short", "compare_split_fashion_mnist_short",
-                "convmixer_fashion_mnist", "gaba_counting_split_fashion_mnist", "regularizer_normalisations_split_fashion_mnist_short")
+                "convmixer_fashion_mnist", "gaba_counting_split_fashion_mnist", "regularizer_normalisations_split_fashion_mnist_short",
+                "scale_split_fashion_mnist_10k")
         assert plan.reproduces or path.stem in ours, f"{path.name}: say what it reproduces"
 
 
