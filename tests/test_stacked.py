@@ -118,7 +118,7 @@ def test_launcher_stacks_runs_of_the_same_shape(tmp_path, capsys):
     assert len({stack_key(cfg) for _, cfg in runs}) == 2
     report = run_many(runs, progress=False, stack=4)
     assert [o.status for o in report.outcomes] == ["finished"] * 4
-    assert "a stack of 3 runs" in capsys.readouterr().out
+    assert "3 runs of the same shapes, as one stack" in capsys.readouterr().out
     assert resolve_stack("auto", [cfg for _, cfg in runs]) == (32 if torch.cuda.is_available() else 1)
     with pytest.raises(Exception, match="--stack"):
         resolve_stack("0", [])

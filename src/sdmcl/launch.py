@@ -396,7 +396,8 @@ def _run_stacked(runs, todo, outcomes, bar, rerun, resume, size) -> None:
     for members in groups.values():
         for chunk in (members[j : j + size] for j in range(0, len(members), size)):
             if len(chunk) > 1:
-                bar.write(f"== a stack of {len(chunk)} runs: " + ", ".join(f"{runs[i][0]} (seed {runs[i][1].seed})" for i in chunk))
+                bar.write(f"== {len(chunk)} runs of the same shapes, as one stack where they can be (train/stacked.py): "
+                          + ", ".join(f"{runs[i][0]} (seed {runs[i][1].seed})" for i in chunk))
             fns = [(lambda group, i=i: train_one(runs[i][0], runs[i][1], rerun, resume, command=command, setup=group.join))
                    for i in chunk]
             for i, o in zip(chunk, run_in_lockstep(fns)):

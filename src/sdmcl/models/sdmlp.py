@@ -45,7 +45,7 @@ class SDMLPConfig(ModelConfig):
     search_margin: float | None = 0.05  # candidates: approximate score ≥ (1 − margin)·g·ṽ for some input (null: off)
     search_candidates: int = 0  # also each input's best approximate scores (0: none)
     search_max_union: float = 0.3  # exact path when the batch's candidates exceed this share of neurons
-    search_min_neurons: int = 4096  # exact path for smaller layers (the prescreen does not pay there)
+    search_min_neurons: int = 4096  # exact path for smaller layers (their candidates are too many to pay)
     search_recall_every: int = 20  # training steps between recall samples (0: none)
     search_recall_inputs: int = 8  # inputs of a sampled batch compared with the exact layer
 
