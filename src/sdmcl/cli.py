@@ -15,20 +15,18 @@ from sdmcl.errors import DivergenceError, UserError
 
 
 def cmd_run(args) -> int:
-    from sdmcl.config import load_experiment, parse_config, read_yaml
+    from sdmcl.config import load_experiment
 
+    run_dir = None
     if args.resume:
-        rd_path = Path(args.resume)
-        cfg_path = rd_path / "config.yaml"
-        if not cfg_path.is_file():
-            raise UserError(f"{rd_path}: not a run directory (no config.yaml); give the directory printed by `sdmcl run`")
-        cfg = parse_config(read_yaml(cfg_path))
-        from sdmcl.train.rundir import run_dir_for
+        # `--resume DIR key=value`: argparse takes the first override for the config
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        if args.config and "=" not in args.config:
+            raise UserError(f"sdmcl run: give either a config ({args.config}) or --resume RUN_DIR, not both")
+        from sdmcl.train.rundir import config_for_resume
 
-        if run_dir_for(cfg).resolve() != rd_path.resolve():
-            cfg.output.dir = str(rd_path.parent)
-        runs = [(cfg.name, cfg)]
-        resume = True
+        cfg = config_for_resume(args.resume, overrides)
+        runs, resume, run_dir = [(cfg.name, cfg)], True, args.resume
     else:
         if not args.config:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
@@ -37,7 +35,7 @@ def cmd_run(args) -> int:
     from sdmcl.launch import run_many
     from sdmcl.report import comparison_table
 
-    results = run_many(runs, resume=resume, progress=not args.no_progress)
+    results = run_many(runs, resume=resume, progress=not args.no_progress, run_dir=run_dir)
     if len(results) > 1:
         print()
         print(comparison_table(results))
@@ -57,19 +55,28 @@ def cmd_compare(args) -> int:
     from sdmcl.launch import run_many
     from sdmcl.report import comparison_table
 
+    if args.out:
+        from sdmcl.preflight import check_output_file
+
+        check_output_file(args.out, "--out")  # before any training
     results = run_many(runs, progress=not args.no_progress)
     print()
     table = comparison_table(results)
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        from sdmcl.errors import OutputError
+
+        try:
+            Path(args.out).write_text(table + "\n")
+        except OSError as e:
+            raise OutputError(f"--out {args.out}: could not write the table ({e.strerror or e}); it is printed above") from None
     return 0
 
 
 def cmd_report(args) -> int:
     from sdmcl.report import report_run_dirs
 
-    print(report_run_dirs(args.run_dirs))
+    print(report_run_dirs(args.run_dirs, note=lambda line: print(f"sdmcl: note: {line}", file=sys.stderr)))
     return 0
 
 

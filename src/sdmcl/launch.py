@@ -19,22 +19,34 @@ def print_run(label: str, rd, summary: dict) -> None:
     print(f"{label}: results in {rd.path} (plots in {rd.path / 'plots'})")
 
 
-def run_many(runs, resume=None, progress=True) -> list[tuple[str, dict]]:
+def run_many(runs, resume=None, progress=True, run_dir=None) -> list[tuple[str, dict]]:
+    """Train `runs` one after another. Every run is checked against the machine (device,
+    threads, output paths, memory) before the first one starts. `run_dir`: where a single
+    resumed run lives (it may have been renamed or moved)."""
+    from pathlib import Path
+
+    from sdmcl.preflight import check_runs
     from sdmcl.train.engine import prepare, run
+    from sdmcl.train.rundir import run_dir_for
 
     results = []
     prepared_cache = {}
-    for label, cfg in runs:
+
+    def prepared_for(cfg):
         key = json.dumps([cfg.data.__dict__, cfg.benchmark.__dict__, cfg.train.device], sort_keys=True, default=str)
         if key not in prepared_cache:
             prepared_cache.clear()  # keep at most one data set in memory
             prepared_cache[key] = prepare(cfg)
-        prepared = prepared_cache[key]
+        return prepared_cache[key]
+
+    check_runs([(cfg, Path(run_dir) if run_dir is not None else run_dir_for(cfg)) for _, cfg in runs], prepared_for)
+    for label, cfg in runs:
+        prepared = prepared_for(cfg)
         prepared.cfg = cfg
         print(f"== {label} (seed {cfg.seed}) — {cfg.model.name}"
               + (f" + {cfg.regularizer.name}" if cfg.regularizer.name != "none" else "")
               + f", {len(prepared.tasks)} tasks × {cfg.train.epochs_per_task} epochs on {prepared.dataset_name}")
-        rd, summary = run(cfg, resume=resume, progress=progress, prepared=prepared)
+        rd, summary = run(cfg, resume=resume, progress=progress, prepared=prepared, run_dir=run_dir)
         print_run(label, rd, summary)
         results.append((label, summary))
     return results

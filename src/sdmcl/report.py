@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sdmcl.errors import UserError
@@ -27,13 +26,23 @@ def comparison_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def report_run_dirs(run_dirs: list[str]) -> str:
-    """The table of the finished runs in `run_dirs`."""
-    rows = []
+def report_run_dirs(run_dirs: list[str], note=None) -> str:
+    """The table of the finished runs in `run_dirs`. A directory that is not a finished run,
+    or whose summary.json is damaged, is skipped and `note(reason)` says so; none left is an error."""
+    from sdmcl.train.rundir import read_summary
+
+    rows, skipped = [], []
     for d in run_dirs:
-        p = Path(d) / "summary.json"
-        if not p.is_file():
-            raise UserError(f"{d}: no summary.json (the run is unfinished or this is not a run directory)")
-        s = json.loads(p.read_text())
-        rows.append((s.get("name", d), s))
+        try:
+            s = read_summary(Path(d))
+        except UserError as e:
+            skipped.append(str(e))
+            continue
+        rows.append((s["name"], s))
+    if not rows:
+        more = f" (and {len(skipped) - 1} more directories skipped)" if len(skipped) > 1 else ""
+        raise UserError(f"no finished run to report: {skipped[0] if skipped else 'no directories given'}{more}")
+    for reason in skipped:
+        if note is not None:
+            note(f"skipped {reason}")
     return comparison_table(rows)

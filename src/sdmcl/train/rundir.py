@@ -8,6 +8,12 @@ config (van de Ven's run stamp), so a re-run of the same config finds its own re
     model.pt               final weights with their config (usable as `init_from`)
     checkpoints/last.pt    resumable state
     plots/*.png
+
+A run directory is the source of truth for its run: `sdmcl run --resume DIR` continues from
+DIR's own config.yaml and checkpoint wherever DIR lives now. Everything read back from a run
+directory goes through the readers at the end of this file (`read_summary`, `read_metrics`,
+`read_run_config`, `read_resume_checkpoint`, `config_for_resume`), which validate it and
+report a damaged file by name (a `UserError`, exit code 2).
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ import csv
 import fcntl
 import io
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from sdmcl.config import RunConfig
-from sdmcl.errors import OutputError
-from sdmcl.train.checkpoint import atomic_write_bytes
+from sdmcl.config import RunConfig, parse_config, parse_override, result_differences, set_dotted
+from sdmcl.errors import CheckpointError, ConfigError, OutputError, UserError
+from sdmcl.strict_yaml import dump_yaml, load_yaml_file
+from sdmcl.train.checkpoint import atomic_write_bytes, load_checkpoint
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
@@ -49,6 +56,27 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
+
+    def holder(self) -> str | None:
+        """The process that holds this run directory's lock now, if any (the lock is not taken)."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        except OSError:
+            return None
+        finally:
+            os.close(fd)  # closing releases a lock this probe took
+        return None
+
+    def raise_if_in_use(self) -> None:
+        holder = self.holder()
+        if holder is not None:
+            raise OutputError(f"{self.path}: in use by process {holder}; wait for it to finish or stop it (its checkpoint lets you resume)")
 
     @contextlib.contextmanager
     def locked(self):
@@ -78,7 +106,7 @@ class RunDir:
             probe.unlink()
         except OSError as e:
             raise OutputError(f"{self.path}: output directory is not writable ({e.strerror or e}); set output.dir to a writable place") from None
-        self.write_text(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.write_text(self.config_path, dump_yaml(cfg.to_dict()))
 
     def write_text(self, path: Path, text: str) -> None:
         atomic_write_bytes(path, lambda f: f.write(text.encode()))
@@ -114,3 +142,177 @@ class RunDir:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
+
+
+# ---------------------------------------------------------------- reading artefacts back
+
+
+def _run_dir(path: str | Path | RunDir) -> RunDir:
+    return path if isinstance(path, RunDir) else RunDir(Path(path))
+
+
+def _number(v, low: float = -math.inf, high: float = math.inf) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+
+
+def _accuracies(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_number(a, 0, 1) for a in v)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# summary.json: key → (check, what it must be). Keys added by newer code are allowed.
+SUMMARY_FIELDS = {
+    "name": (lambda v: isinstance(v, str), "text"),
+    "stamp": (lambda v: isinstance(v, str), "text"),
+    "model": (lambda v: isinstance(v, str), "text"),
+    "regularizer": (lambda v: isinstance(v, str), "text"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "final_average_accuracy": (lambda v: _number(v, 0, 1), "a number in [0, 1]"),
+    "forgetting": (lambda v: _number(v, -1, 1), "a number in [-1, 1]"),
+    "backward_transfer": (lambda v: _number(v, -1, 1), "a number in [-1, 1]"),
+    "final_task_aware_accuracy": (lambda v: _number(v, 0, 1), "a number in [0, 1]"),
+    "final_task_accuracy": (_accuracies, "a non-empty list of accuracies in [0, 1]"),
+    "epochs": (_count, "an integer >= 0"),
+    "steps": (_count, "an integer >= 0"),
+    "seconds_per_epoch": (lambda v: _number(v, 0), "a number >= 0"),
+}
+# metrics.jsonl: the keys every evaluation line has
+METRICS_FIELDS = {
+    "task": (_count, "an integer >= 0"),
+    "epoch": (_count, "an integer >= 0"),
+    "seen_average_accuracy": (lambda v: _number(v, 0, 1), "a number in [0, 1]"),
+    "task_accuracy": (_accuracies, "a non-empty list of accuracies in [0, 1]"),
+}
+
+
+def _field_problem(entry: Any, fields: dict) -> str | None:
+    if not isinstance(entry, dict):
+        return f"holds a {type(entry).__name__}, not a JSON object"
+    for key, (ok, what) in fields.items():
+        if key not in entry:
+            return f"lacks {key!r}"
+        if not ok(entry[key]):
+            return f"{key!r} is {str(entry[key])[:40]}, not {what}"
+    return None
+
+
+def _read_json_text(path: Path, what: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; {what}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: corrupt (not UTF-8 text at byte {e.start}); {what}") from None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_summary(path: str | Path | RunDir) -> dict:
+    """The validated summary.json of a finished run (`path`: the run directory)."""
+    rd = _run_dir(path)
+    p = rd.summary_path
+    fix = (f"delete it and run `sdmcl run --resume {rd.path}` to write it again from the last checkpoint"
+           if rd.has_checkpoint() else "delete the run directory and run the config again")
+    text = _read_json_text(p, "the run is unfinished or this is not a run directory")
+    try:
+        summary = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as e:
+        raise UserError(f"{p}: corrupt ({'empty file' if not text.strip() else ' '.join(str(e).split())[:80]}); {fix}") from None
+    problem = _field_problem(summary, SUMMARY_FIELDS)
+    if problem:
+        raise UserError(f"{p}: corrupt ({problem}); {fix}")
+    return summary
+
+
+def read_metrics(path: str | Path | RunDir) -> list[dict]:
+    """The validated evaluations of metrics.jsonl, in order (`path`: the run directory)."""
+    p = _run_dir(path).metrics_path
+    text = _read_json_text(p, "the run has not evaluated yet or this is not a run directory")
+    entries = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line, parse_constant=_reject_constant)
+        except ValueError as e:
+            raise UserError(f"{p}:{n}: corrupt line ({' '.join(str(e).split())[:80]}); the file is damaged") from None
+        problem = _field_problem(entry, METRICS_FIELDS)
+        if problem:
+            raise UserError(f"{p}:{n}: corrupt line ({problem}); the file is damaged")
+        entries.append(entry)
+    return entries
+
+
+def read_run_config_dict(path: str | Path | RunDir) -> dict:
+    """The run directory's config.yaml as plain data (strict YAML)."""
+    rd = _run_dir(path)
+    if not rd.config_path.is_file():
+        raise UserError(f"{rd.path}: not a run directory (no config.yaml); give a directory printed by `sdmcl run`")
+    raw = load_yaml_file(rd.config_path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{rd.config_path}: corrupt (holds {'nothing' if raw is None else 'a ' + type(raw).__name__}, "
+                          "not the run's config); restore it or delete the run directory")
+    return raw
+
+
+def read_run_config(path: str | Path | RunDir) -> RunConfig:
+    """The validated config of a run directory; problems name its config.yaml."""
+    rd = _run_dir(path)
+    raw = read_run_config_dict(rd)
+    try:
+        return parse_config(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{rd.config_path}: {e}") from None
+
+
+def read_resume_checkpoint(rd: RunDir, cfg: RunConfig, map_location="cpu") -> dict:
+    """The run's checkpoint, checked against the config the run resumes with: any key that
+    changes results must be as it was when the run started."""
+    ckpt = load_checkpoint(rd.checkpoint_path, map_location=map_location)
+    if "position" not in ckpt:
+        raise CheckpointError(f"{rd.checkpoint_path}: not a resumable checkpoint (no training position); delete it to start over")
+    changed = result_differences(ckpt["config"], cfg.to_dict())
+    if changed:
+        listed = "; ".join(f"{k} ({a!r} when the run started, {b!r} now)" for k, a, b in changed)
+        raise ConfigError(f"{rd.config_path}: differs from the config the run started with: {listed}. A run resumes with "
+                          f"the config it started with: restore those values, or start a new run with them: "
+                          f"sdmcl run {rd.config_path}")
+    return ckpt
+
+
+def config_for_resume(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """The config a run directory continues with: its own config.yaml, checked, with
+    `overrides` of keys that do not change results (train.threads, output.progress, ...)
+    applied. An override that would change results is refused, naming each key with both
+    values and how to start a new run instead."""
+    rd = RunDir(Path(path))
+    if not rd.path.is_dir():
+        raise UserError(f"{path}: no such run directory; give a directory printed by `sdmcl run`")
+    rd.raise_if_in_use()
+    raw = read_run_config_dict(rd)
+    cfg = read_run_config(rd)
+    if overrides:
+        parsed = [parse_override(o) for o in overrides]
+        for key, _ in parsed:
+            if key.split(".")[0] in ("seeds", "variants") or key == "output.dir" or key == "output":
+                raise ConfigError(f"{key}: cannot be set when resuming; a resumed run stays in {rd.path} with its own seed"
+                                  + ("; move the directory to move the run" if key.startswith("output") else ""))
+        changed_raw = json.loads(json.dumps(raw))
+        for key, value in parsed:
+            set_dotted(changed_raw, key, value)
+        new = parse_config(changed_raw)
+        changed = result_differences(cfg.to_dict(), new.to_dict())
+        if changed:
+            listed = "; ".join(f"{k} ({a!r} in the run, {b!r} given)" for k, a, b in changed)
+            raise ConfigError(f"--resume {rd.path}: a resumed run keeps its config, these overrides would change it: {listed}. "
+                              f"To train with them, start a new run: sdmcl run {rd.config_path} {' '.join(overrides)}")
+        cfg = new
+    cfg.output.dir = str(rd.path.parent)  # where the run lives now (it may have been moved)
+    return cfg
