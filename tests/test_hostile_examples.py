@@ -165,7 +165,7 @@ def test_resume_after_editing_config_yaml_names_the_changed_key(stopped_run):
     before = snapshot(run_dir)
     code, out, err = cli("run", "--resume", run_dir)
     assert code == 2 and err.count("\n") == 1, err
-    assert "config.yaml: differs from the config the run started with: model.k (2 when the run started, 3 now)" in err
+    assert "config.yaml: differs from the config the run started with (recorded in last.pt): model.k (2 when the run started, 3 now)" in err
     assert f"sdmcl run {cfg_file}" in err
     assert snapshot(run_dir) == before
 

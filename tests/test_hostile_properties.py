@@ -187,8 +187,9 @@ def hostile_config(draw, root: Path):
         cfg["regularizer"] = {"name": draw(st.sampled_from(sorted(REGS_SCHEMA)))}
     for _ in range(draw(st.integers(1, 3))):
         what = draw(st.sampled_from(["set", "set", "set", "unknown", "section"]))
-        model_fields = MODELS_SCHEMA.get(cfg["model"].get("name"), {})
-        reg_fields = REGS_SCHEMA.get(cfg.get("regularizer", {}).get("name", "none"), {})
+        model, reg = cfg.get("model"), cfg.get("regularizer")
+        model_fields = MODELS_SCHEMA.get(model.get("name"), {}) if isinstance(model, dict) else {}
+        reg_fields = REGS_SCHEMA.get(reg.get("name", "none"), {}) if isinstance(reg, dict) else {}
         keys = ([(None, k, t) for k, t in TOP.items()] + [(s, k, t) for s, f in SECTIONS.items() for k, t in f.items()]
                 + [("model", k, t) for k, t in model_fields.items()] + [("regularizer", k, t) for k, t in reg_fields.items()])
         section, key, tp = draw(st.sampled_from(keys))
@@ -272,24 +273,42 @@ def test_odd_yaml(world, data):
     run_checked(world, "run", path)
 
 
+@dataclasses.dataclass(frozen=True)
+class Damage:
+    """Damage to a file's bytes, drawn independently of the bytes (so failures print short):
+    truncation, flipped, inserted or deleted bytes at positions given as fractions of the length."""
+
+    kind: str
+    where: tuple[float, ...] = ()
+    values: tuple[bytes, ...] = ()
+
+    def __call__(self, raw: bytes) -> bytes:
+        if self.kind == "empty" or not raw:
+            return b""
+        if self.kind == "truncate":
+            return raw[: int(self.where[0] * len(raw))]
+        data = bytearray(raw)
+        for frac, value in zip(self.where, self.values):
+            i = int(frac * len(data))
+            if self.kind == "flip":
+                data[i] ^= value[0]
+            elif self.kind == "insert":
+                data[i:i] = value
+            elif len(data) > 1:
+                del data[i]
+        return bytes(data)
+
+
+FRACTION = st.floats(0, 1, exclude_max=True)
+
+
 @st.composite
-def damaged_bytes(draw, raw: bytes) -> bytes:
-    """`raw` truncated, with bytes flipped, inserted or deleted, or emptied."""
+def damage(draw) -> Damage:
     kind = draw(st.sampled_from(["truncate", "flip", "flip", "insert", "delete", "empty"]))
-    if kind == "empty" or not raw:
-        return b""
-    if kind == "truncate":
-        return raw[: draw(st.integers(0, len(raw) - 1))]
-    data = bytearray(raw)
-    for _ in range(draw(st.integers(1, 4))):
-        i = draw(st.integers(0, len(data) - 1))
-        if kind == "flip":
-            data[i] ^= draw(st.integers(1, 255))
-        elif kind == "insert":
-            data[i:i] = draw(st.binary(min_size=1, max_size=8))
-        elif len(data) > 1:
-            del data[i]
-    return bytes(data)
+    n = 1 if kind == "truncate" else draw(st.integers(1, 4))
+    where = tuple(draw(FRACTION) for _ in range(n))
+    values = tuple(draw(st.binary(min_size=1, max_size=8).filter(lambda b: b[0] != 0)) for _ in range(n))
+    return Damage(kind, where, values)
 
 
 # overrides that keep any surviving config tiny and inside the test's directory
@@ -304,7 +323,7 @@ def test_damaged_yaml_config(world, data):
     root = scratch(world)
     raw = yaml.safe_dump(tiny(root / "runs"), sort_keys=False).encode()
     path = root / "cfg.yaml"
-    path.write_bytes(data.draw(damaged_bytes(raw)))
+    path.write_bytes(data.draw(damage())(raw))
     run_checked(world, "run", path, *BOUNDS, f"output.dir={root / 'runs'}")
 
 
@@ -326,15 +345,15 @@ def idx_content(draw) -> bytes:
 
 
 @settings(max_examples=examples(150))
-@given(content=st.one_of(idx_content(), st.binary(max_size=40)), damage=st.booleans(), data=st.data())
-def test_idx_parser(tmp_path_factory, content, damage, data):
+@given(content=st.one_of(idx_content(), st.binary(max_size=40)), damaged=st.booleans(), data=st.data())
+def test_idx_parser(tmp_path_factory, content, damaged, data):
     """read_idx returns exactly the declared array or raises DataError naming the file."""
     from sdmcl.data.idx import read_idx
     from sdmcl.errors import DataError
 
     count_case("IDX files")
-    if damage:
-        content = data.draw(damaged_bytes(content))
+    if damaged:
+        content = data.draw(damage())(content)
     f = tmp_path_factory.getbasetemp() / "case.idx"
     f.write_bytes(content)
     try:
@@ -362,7 +381,7 @@ def test_damaged_fashion_mnist_file(world, data):
     for f in FASHION_DIR.iterdir():
         if f.name != victim:
             (folder / f.name).symlink_to(f)
-    (folder / victim).write_bytes(data.draw(damaged_bytes((FASHION_DIR / victim).read_bytes())))
+    (folder / victim).write_bytes(data.draw(damage())((FASHION_DIR / victim).read_bytes()))
     code, out, err = run_checked(world, "run", write_config(root / "c.yaml", tiny(root / "runs", data={"source": "fashion-mnist",
                                                                                                        "path": str(folder)})))
     assert code == 0 or victim in err
@@ -401,7 +420,7 @@ def test_cifar_batch_parser(data):
     count_case("CIFAR batches")
     raw = _cifar_batch(data.draw)
     if data.draw(st.booleans()):
-        raw = data.draw(damaged_bytes(raw))
+        raw = data.draw(damage())(raw)
     try:
         images, labels = parse_batch(raw, b"labels", 10, "cifar/data_batch_1")
     except DataError as e:
@@ -441,8 +460,8 @@ def embedding_arrays(draw):
         return a
 
     def y(n):
-        labels = draw(st.lists(st.integers(-1, 5), min_size=n, max_size=n))
-        y = np.array(labels, dtype=draw(st.sampled_from([np.int64, np.int32, np.float32, np.uint8])))
+        labels = draw(st.lists(st.one_of(st.integers(-1, 5), st.sampled_from([2**40, 300])), min_size=n, max_size=n))
+        y = np.array(labels, dtype=np.int64).astype(draw(st.sampled_from([np.int64, np.int32, np.float32, np.uint8])))
         if draw(st.integers(0, 6)) == 0:
             y = y[:-1] if len(y) else np.array([1.5])
         return y
@@ -480,7 +499,7 @@ def test_generated_embedding_files(world, arrays, data):
         torch.save((torch.from_numpy(vx), torch.from_numpy(vy), torch.zeros(1)), folder / "test.pt")
     if data.draw(st.integers(0, 3)) == 0:  # and then damage one file's bytes
         victim = target if target.is_file() else data.draw(st.sampled_from(sorted(folder.iterdir())))
-        victim.write_bytes(data.draw(damaged_bytes(victim.read_bytes())))
+        victim.write_bytes(data.draw(damage())(victim.read_bytes()))
     cfg = tiny(root / "runs", data={"source": "embeddings", "path": str(target)}, benchmark={"num_tasks": None})
     run_checked(world, "run", write_config(root / "c.yaml", cfg))
 
@@ -519,12 +538,11 @@ def _mutate_checkpoint(draw, ckpt: dict) -> dict:
     return ckpt
 
 
-@st.composite
 def damaged_checkpoint(draw, path: Path) -> bytes:
+    """The checkpoint's bytes damaged, or its content changed in structure and saved again."""
     if draw(st.booleans()):
-        return draw(damaged_bytes(path.read_bytes()))
-    ckpt = torch.load(path, weights_only=True)
-    ckpt = _mutate_checkpoint(draw, ckpt)
+        return draw(damage())(path.read_bytes())
+    ckpt = _mutate_checkpoint(draw, torch.load(path, weights_only=True))
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     return buf.getvalue()
@@ -536,7 +554,7 @@ def test_damaged_init_from_checkpoint(world, data):
     count_case("checkpoints")
     root = scratch(world)
     bad = root / "model.pt"
-    bad.write_bytes(data.draw(damaged_checkpoint(world["model_pt"])))
+    bad.write_bytes(damaged_checkpoint(data.draw, world["model_pt"]))
     code, out, err = run_checked(world, "run", write_config(root / "c.yaml", tiny(root / "runs", init_from=str(bad))))
     assert code == 0 or str(bad) in err
 
@@ -549,7 +567,7 @@ def test_damaged_resume_checkpoint(world, data):
     run_dir = root / world["stopped"].name
     shutil.copytree(world["stopped"], run_dir)
     last = run_dir / "checkpoints" / "last.pt"
-    last.write_bytes(data.draw(damaged_checkpoint(last)))
+    last.write_bytes(damaged_checkpoint(data.draw, last))
     code, out, err = run_checked(world, "run", "--resume", run_dir)
     assert code == 0 or "last.pt" in err
 
@@ -564,7 +582,7 @@ def test_damaged_run_config_yaml(world, data):
     run_dir = root / world["stopped"].name
     shutil.copytree(world["stopped"], run_dir)
     cfg_file = run_dir / "config.yaml"
-    cfg_file.write_bytes(data.draw(damaged_bytes(cfg_file.read_bytes())))
+    cfg_file.write_bytes(data.draw(damage())(cfg_file.read_bytes()))
     run_checked(world, "run", "--resume", run_dir)
 
 
@@ -591,17 +609,13 @@ def test_damaged_summary(world, data):
     count_case("summary.json")
     root = scratch(world)
     out_dir = root / "runs"
-    cfg_path = write_config(root / "c.yaml", tiny(out_dir, name="victim"))
-    shutil.copytree(world["earlier"], out_dir / "src")  # a finished run to damage, placed where its config finds it
-    from sdmcl.config import load_experiment
-    from sdmcl.train.rundir import run_dir_for
-
-    (_, cfg), = load_experiment(cfg_path)
-    victim = run_dir_for(cfg)
-    assert cli("run", cfg_path)[0] == 0
+    victim = out_dir / world["earlier"].name  # a copy of a finished run, where its config (output.dir moved) finds it
+    shutil.copytree(world["earlier"], victim)
+    cfg_path = write_config(root / "c.yaml", {**yaml.safe_load(world["finished_cfg"].read_text()), "output": {
+        "dir": str(out_dir), "plots": False, "progress": False}})
     s = victim / "summary.json"
     if data.draw(st.booleans()):
-        s.write_bytes(data.draw(damaged_bytes(s.read_bytes())))
+        s.write_bytes(data.draw(damage())(s.read_bytes()))
     else:
         s.write_text(json.dumps(_json_mutation(data.draw, json.loads(s.read_text()))))
     code, out, err = run_checked(world, "report", victim, world["earlier"])
@@ -625,7 +639,7 @@ def test_metrics_reader(world, data):
     shutil.copytree(world["earlier"], root / "r")
     m = root / "r" / "metrics.jsonl"
     if data.draw(st.booleans()):
-        m.write_bytes(data.draw(damaged_bytes(m.read_bytes())))
+        m.write_bytes(data.draw(damage())(m.read_bytes()))
     else:
         lines = m.read_text().splitlines()
         i = data.draw(st.integers(0, len(lines) - 1))

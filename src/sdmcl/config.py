@@ -388,12 +388,13 @@ def expand_experiment(raw: dict, overrides: list[str] = ()) -> list[tuple[str, R
         else:
             set_dotted(raw, key, value)
     if seeds is None:
-        seeds = [raw.get("seed", 0)]
+        seeds = [_coerce(raw.get("seed", 0), int, "seed")]
+    name = _coerce(raw.get("name", "run" if variants is None else "exp"), str, "name")  # it labels the runs below
     seeds = _coerce(seeds if isinstance(seeds, list) else [seeds], list[int], "seeds")
     if not seeds:
         raise ConfigError("seeds: the list is empty; give at least one seed or remove the key")
     if variants is None:
-        variants = {raw.get("name", "run"): {}}
+        variants = {name: {}}
     if not isinstance(variants, dict) or not variants:
         raise ConfigError("variants: expected a mapping of label to overrides, e.g. {sdmlp: {model.name: sdmlp}}")
     runs = []
@@ -412,7 +413,7 @@ def expand_experiment(raw: dict, overrides: list[str] = ()) -> list[tuple[str, R
                 set_dotted(base, key, value)
         base.setdefault("name", str(label))
         if len(variants) > 1:
-            base["name"] = f"{raw.get('name', 'exp')}-{label}"
+            base["name"] = f"{name}-{label}"
         for seed in seeds:
             run_raw = {**base, "seed": seed}
             try:

@@ -578,11 +578,17 @@ def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: 
     check_run(cfg, rd.path)
     prepared = prepared or prepare(cfg)
     check_memory(cfg, prepared)
-    engine = Engine(prepared, rd, progress=progress, log=log)
-    with rd.locked():
-        checkpoint = read_resume_checkpoint(rd, cfg, map_location=prepared.device) if rd.has_checkpoint() else None
-        rd.create(cfg)
-        if checkpoint is None:
-            call_hook(engine.model, "apply_constraints")
-        summary = engine.run(resume=checkpoint is not None, checkpoint=checkpoint)
+    threads = torch.get_num_threads()
+    try:
+        engine = Engine(prepared, rd, progress=progress, log=log)
+        with rd.locked():
+            checkpoint = read_resume_checkpoint(rd, cfg, map_location=prepared.device) if rd.has_checkpoint() else None
+            rd.create(cfg)
+            if checkpoint is None:
+                call_hook(engine.model, "apply_constraints")
+            summary = engine.run(resume=checkpoint is not None, checkpoint=checkpoint)
+    finally:  # the run's process-wide CPU settings end with it (the calling program keeps its own)
+        torch.set_num_threads(threads)
+        if cfg.train.flush_denormal:
+            torch.set_flush_denormal(False)
     return rd, summary

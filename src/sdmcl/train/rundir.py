@@ -272,6 +272,12 @@ def read_run_config(path: str | Path | RunDir) -> RunConfig:
         raise ConfigError(f"{rd.config_path}: {e}") from None
 
 
+def _listed(changed: list[tuple[str, Any, Any]], first: str, second: str, limit: int = 6) -> str:
+    """'key (a <first>, b <second>); ...' for the first `limit` changed keys."""
+    shown = "; ".join(f"{k} ({a!r} {first}, {b!r} {second})" for k, a, b in changed[:limit])
+    return shown + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
+
+
 def read_resume_checkpoint(rd: RunDir, cfg: RunConfig, map_location="cpu") -> dict:
     """The run's checkpoint, checked against the config the run resumes with: any key that
     changes results must be as it was when the run started."""
@@ -280,10 +286,9 @@ def read_resume_checkpoint(rd: RunDir, cfg: RunConfig, map_location="cpu") -> di
         raise CheckpointError(f"{rd.checkpoint_path}: not a resumable checkpoint (no training position); delete it to start over")
     changed = result_differences(ckpt["config"], cfg.to_dict())
     if changed:
-        listed = "; ".join(f"{k} ({a!r} when the run started, {b!r} now)" for k, a, b in changed)
-        raise ConfigError(f"{rd.config_path}: differs from the config the run started with: {listed}. A run resumes with "
-                          f"the config it started with: restore those values, or start a new run with them: "
-                          f"sdmcl run {rd.config_path}")
+        raise ConfigError(f"{rd.config_path}: differs from the config the run started with (recorded in {rd.checkpoint_path.name}): "
+                          f"{_listed(changed, 'when the run started', 'now')}. A run resumes with the config it started with: "
+                          f"restore those values, or start a new run with them: sdmcl run {rd.config_path}")
     return ckpt
 
 
@@ -310,7 +315,7 @@ def config_for_resume(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         new = parse_config(changed_raw)
         changed = result_differences(cfg.to_dict(), new.to_dict())
         if changed:
-            listed = "; ".join(f"{k} ({a!r} in the run, {b!r} given)" for k, a, b in changed)
+            listed = _listed(changed, "in the run", "given")
             raise ConfigError(f"--resume {rd.path}: a resumed run keeps its config, these overrides would change it: {listed}. "
                               f"To train with them, start a new run: sdmcl run {rd.config_path} {' '.join(overrides)}")
         cfg = new
