@@ -277,3 +277,52 @@ def test_flipped_byte_in_checkpoint_weights_is_detected(finished_run, tmp_path):
     bad.write_bytes(bytes(raw))
     cfg = tiny(tmp_path / "runs2", init_from=str(bad))
     refused(tmp_path, cfg, expect=[f"{bad}: unreadable checkpoint", "fails its CRC check"])
+
+
+# ---------------------------------------------------------------- the pieces behind them
+
+
+def test_every_model_builds_on_the_meta_device_with_its_real_size():
+    """The memory estimate builds models on the meta device; each registered model must
+    build there, with exactly the parameters and buffers of a real build."""
+    from sdmcl.config import parse_config
+    from sdmcl.preflight import _bytes, meta_model
+    from sdmcl.registry import MODELS, load_all
+    from sdmcl.train.engine import build_model
+
+    load_all()
+    for name in MODELS:
+        cfg = parse_config({"model": {"name": name}})
+        meta = meta_model(cfg, 64, 10)
+        assert meta is not None, name
+        real = build_model(cfg, 64, 10)
+        assert _bytes(meta.parameters()) == _bytes(real.parameters()), name
+        assert _bytes(meta.buffers()) == _bytes(real.buffers()), name
+
+
+def test_memory_estimate_by_hand():
+    """SDMLP 1000 neurons, 64 inputs, 10 classes: 74,000 float32 weights = 296,000 bytes;
+    SGD with momentum keeps one copy, per-task EWC two per task (5 tasks)."""
+    from sdmcl.config import parse_config
+    from sdmcl.preflight import estimate_memory
+
+    cfg = parse_config({"model": {"name": "sdmlp", "neurons": 1000, "k": 10}, "optim": {"name": "sgdm"},
+                        "regularizer": {"name": "ewc"}, "train": {"batch_size": 128, "eval_batch_size": 512}})
+    parts = estimate_memory(cfg, 64, 10, largest_train=290, test_total=360, num_tasks=5)
+    P = 1000 * 74 * 4
+    assert parts["gradients"] == P and parts["optimizer state"] == P and parts["regularizer state"] == 10 * P
+    assert parts["model"] == P + 1000 * 8 * 2  # + the int64 GABA counters and activity window
+    assert parts["data copies"] == (290 + 360) * 64 * 4  # the inputs prepared once (relu, L2 norm)
+    assert parts["activations"] == 4 * 1010 * (4 * 128 + 3 * 360)
+
+
+def test_written_config_reads_back_identically(tmp_path):
+    """config.yaml is written so the strict reader reads back the same values (text that
+    looks like a number, a date or base 60 is quoted)."""
+    from sdmcl.strict_yaml import dump_yaml, loads_yaml
+
+    data = {"name": "1e-3", "a": "2024-01-01", "b": "1:30", "c": "010", "d": "yes", "e": 1e-5, "f": [1, 2], "g": None,
+            "h": "x" * 5, "i": "é", "j": 2**62}
+    shared = [1, 2]
+    data["k"], data["l"] = shared, shared  # a shared value is written twice, not as an alias
+    assert loads_yaml(dump_yaml(data)) == data

@@ -188,8 +188,8 @@ def hostile_config(draw, root: Path):
     for _ in range(draw(st.integers(1, 3))):
         what = draw(st.sampled_from(["set", "set", "set", "unknown", "section"]))
         model, reg = cfg.get("model"), cfg.get("regularizer")
-        model_fields = MODELS_SCHEMA.get(model.get("name"), {}) if isinstance(model, dict) else {}
-        reg_fields = REGS_SCHEMA.get(reg.get("name", "none"), {}) if isinstance(reg, dict) else {}
+        model_fields = MODELS_SCHEMA.get(str(model.get("name")), {}) if isinstance(model, dict) else {}
+        reg_fields = REGS_SCHEMA.get(str(reg.get("name", "none")), {}) if isinstance(reg, dict) else {}
         keys = ([(None, k, t) for k, t in TOP.items()] + [(s, k, t) for s, f in SECTIONS.items() for k, t in f.items()]
                 + [("model", k, t) for k, t in model_fields.items()] + [("regularizer", k, t) for k, t in reg_fields.items()])
         section, key, tp = draw(st.sampled_from(keys))
@@ -212,6 +212,13 @@ def hostile_config(draw, root: Path):
                 node[_misspell(draw, key)] = draw(st.integers(0, 3))
         else:
             cfg[draw(st.sampled_from(list(SECTIONS) + ["model", "regularizer"]))] = draw(ANY_VALUE)
+    if draw(st.integers(0, 4)) == 0:  # experiment keys: seeds and variants
+        cfg["seeds"] = draw(st.one_of(st.lists(st.one_of(st.integers(-2, 3), EDGE_INTS), max_size=2), ANY_VALUE))
+    if draw(st.integers(0, 4)) == 0:
+        dotted = [f"{s}.{k}" for s, f in SECTIONS.items() for k in f if f"{s}.{k}" not in PATH_KEYS | set(SMALL_ONLY)]
+        change = st.one_of(st.dictionaries(st.sampled_from(dotted + ["model", "regularizer", "model.k", "seeds"]), ANY_VALUE, max_size=2),
+                           ANY_VALUE)
+        cfg["variants"] = draw(st.one_of(st.dictionaries(st.text(max_size=6), change, min_size=1, max_size=2), ANY_VALUE))
     return cfg
 
 

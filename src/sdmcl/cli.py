@@ -104,7 +104,8 @@ def cmd_list(args) -> int:
     if exp_dir.is_dir():
         print(f"experiments ({exp_dir}):")
         for p in sorted(exp_dir.glob("*.yaml")):
-            first = p.read_text().splitlines()[0].lstrip("# ").strip() if p.stat().st_size else ""
+            lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+            first = lines[0].lstrip("# ").strip() if lines else ""
             print(f"  {p.stem:<36} {first}")
     return 0
 

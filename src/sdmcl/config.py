@@ -251,6 +251,8 @@ def _registered_section(table, raw: Any, prefix: str, default: str, what: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: expected a mapping with at least 'name', got {raw!r}")
     name = raw.get("name", default)
+    if not isinstance(name, str):
+        raise ConfigError(f"{prefix}.name: expected the name of a {what}, got {name!r}; choose from {', '.join(sorted(table))}")
     if name not in table:
         near = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""

@@ -276,15 +276,30 @@ def estimate_memory(cfg: RunConfig, input_dim: int, num_classes: int, largest_tr
     }
 
 
-def _size_keys(cfg: RunConfig) -> str:
-    """The model's size settings, for the message (its int fields of 100 or more)."""
+def _size_keys(cfg: RunConfig, input_dim: int, num_classes: int) -> str:
+    """The model settings that set its size (for the message): the integer fields whose
+    halving shrinks the model built on the meta device."""
     import dataclasses
 
+    def weight_bytes(model_cfg) -> int | None:
+        try:
+            model = meta_model(dataclasses.replace(cfg, model=model_cfg), input_dim, num_classes)
+        except ConfigError:
+            return None
+        return None if model is None else _bytes(model.parameters()) + _bytes(model.buffers())
+
+    base = weight_bytes(cfg.model)
     keys = []
     for f in dataclasses.fields(cfg.model):
         v = getattr(cfg.model, f.name)
-        big = (isinstance(v, int) and not isinstance(v, bool) and v >= 100) or (isinstance(v, list) and any(isinstance(x, int) and x >= 100 for x in v))
-        if big:
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 2:
+            smaller = v // 2
+        elif isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 2 for x in v):
+            smaller = [x // 2 for x in v]
+        else:
+            continue
+        shrunk = weight_bytes(dataclasses.replace(cfg.model, **{f.name: smaller}))
+        if base is not None and shrunk is not None and shrunk < base:
             keys.append(f"model.{f.name} = {v}")
     return ", ".join(keys)
 
@@ -312,7 +327,7 @@ def check_memory(cfg: RunConfig, prepared) -> None:
     elif biggest == "data copies":
         key, fix = "data.source", "use fewer tasks (benchmark.num_tasks) or a machine with more memory"
     else:
-        sizes = _size_keys(cfg)
+        sizes = _size_keys(cfg, prepared.input_dim, prepared.num_classes)
         key, fix = "model", f"use a smaller model ({sizes})" if sizes else "use a smaller model"
     raise ConfigError(f"{key}: the run needs about {_gib(need)} of memory on {prepared.device} ({listed}) but {_gib(free)} "
                       f"is {where}; {fix}, or a machine with more memory")

@@ -45,7 +45,7 @@ from sdmcl.train.callbacks import build_callbacks, overrides
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
 from sdmcl.train.evaluate import Evaluator
 from sdmcl.train.optim import build_optimizer, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
-from sdmcl.train.rundir import RunDir, read_resume_checkpoint, read_summary, run_dir_for
+from sdmcl.train.rundir import RunDir, evaluation_problem, read_resume_checkpoint, read_summary, run_dir_for
 
 
 def derived_seed(*parts) -> int:
@@ -268,6 +268,10 @@ class Engine:
                 return f"its accuracy matrix {key} does not match {pos['next_task']} finished tasks of {T}"
         if pos["next_task"] and not pos["history"]:
             return "no evaluations recorded for finished tasks"
+        for i, entry in enumerate(pos["history"]):
+            problem = evaluation_problem(entry)
+            if problem:
+                return f"evaluation {i} of its history {problem}"
         return None
 
     def state_shape_problem(self) -> str | None:

@@ -188,6 +188,11 @@ METRICS_FIELDS = {
 }
 
 
+# values some records carry, checked when present (None: not measured for this model)
+OPTIONAL_NUMBERS = ("train_loss", "fraction_dead", "active_per_input", "gaba_switched", "average_incremental_accuracy",
+                    "learning_accuracy", "train_seconds")
+
+
 def _field_problem(entry: Any, fields: dict) -> str | None:
     if not isinstance(entry, dict):
         return f"holds a {type(entry).__name__}, not a JSON object"
@@ -196,7 +201,15 @@ def _field_problem(entry: Any, fields: dict) -> str | None:
             return f"lacks {key!r}"
         if not ok(entry[key]):
             return f"{key!r} is {str(entry[key])[:40]}, not {what}"
+    for key in OPTIONAL_NUMBERS:
+        if entry.get(key) is not None and not _number(entry[key]):
+            return f"{key!r} is {str(entry[key])[:40]}, not a finite number"
     return None
+
+
+def evaluation_problem(entry: Any) -> str | None:
+    """What is wrong with one evaluation record (a metrics.jsonl line, a checkpoint's history entry)."""
+    return _field_problem(entry, METRICS_FIELDS)
 
 
 def _read_json_text(path: Path, what: str) -> str:
@@ -243,7 +256,7 @@ def read_metrics(path: str | Path | RunDir) -> list[dict]:
             entry = json.loads(line, parse_constant=_reject_constant)
         except ValueError as e:
             raise UserError(f"{p}:{n}: corrupt line ({' '.join(str(e).split())[:80]}); the file is damaged") from None
-        problem = _field_problem(entry, METRICS_FIELDS)
+        problem = evaluation_problem(entry)
         if problem:
             raise UserError(f"{p}:{n}: corrupt line ({problem}); the file is damaged")
         entries.append(entry)
