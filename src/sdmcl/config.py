@@ -5,9 +5,9 @@ against the dataclass that the chosen model or regularizer declares (see `regist
 so every method's defaults live beside its code. Every mistake raises `ConfigError` with a
 one-line message naming the dotted key, what is wrong and how to fix it.
 
-An *experiment* file is a run config plus two optional top-level keys:
-`seeds: [0, 1, 2]` (one run per seed) and `variants: {label: {dotted.key: value, ...}}`
-(one run per variant, each the base config with its overrides).
+An *experiment* file is a run config plus optional top-level keys: `seeds: [0, 1, 2]`
+(one run per seed), `variants: {label: {dotted.key: value, ...}}` (one run per variant) and
+`grid: {dotted.key: [values]}` (the cross product); `experiment.py` expands them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sdmcl.errors import ConfigError
-from sdmcl.registry import MODELS, REGULARIZERS, load_all
+from sdmcl.registry import LOGGERS, MODELS, REGULARIZERS, load_all
 from sdmcl.strict_yaml import YAMLFileError, load_yaml_file, loads_yaml
 
 
@@ -74,6 +74,8 @@ class OutputConfig:
     checkpoint_every: int = 0  # epochs; 0 = at task ends only
     plots: bool = True
     progress: bool = True
+    loggers: list[str] = field(default_factory=list)  # tensorboard | wandb (metrics.jsonl/csv are always written)
+    wandb_project: str = "sdmcl"
 
 
 @dataclass
@@ -93,15 +95,23 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def stamp(self) -> str:
-        """Stable hash of everything that determines the results (not where they go)."""
-        blob = json.dumps(result_identity(self.to_dict()), sort_keys=True, separators=(",", ":"))
+        """Stable hash of everything that determines the results (not where they go, nor where
+        the data lies: the content of the user's data files stands in for their path)."""
+        from sdmcl.data.fingerprint import content_id
+
+        identity = result_identity(self.to_dict())
+        content = content_id(self.data.source, self.data.path, self.data.data_dir)
+        if content is not None:
+            identity["data"]["content"] = content
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 # Keys of a resolved config that do not change what a run computes: where outputs and data
 # live, how many threads run it, how evaluation is chunked. The run stamp and the grouping of
-# runs into table rows ignore them.
-NON_RESULT_KEYS = ("output", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download",
+# runs into table rows ignore them. (`data.path` is replaced in the stamp by a hash of the
+# files' content where the source has no pinned checksums: data/fingerprint.py.)
+NON_RESULT_KEYS = ("output", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download", "data.path",
                    "train.oversubscribe")
 
 
@@ -134,7 +144,19 @@ def result_differences(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
     return out
 
 
-EXPERIMENT_KEYS = ("seeds", "variants")
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: {'model': {'k': 5}} → {'model.k': 5} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+EXPERIMENT_KEYS = ("seeds", "variants", "grid")
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 # train.device: auto, cpu, mps, cuda or cuda:N (whether the device exists is checked by preflight.py)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
@@ -326,9 +348,29 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"benchmark.class_order_seed: must be in 0..2**32-1 (a numpy RandomState seed), got {cfg.benchmark.class_order_seed}")
     if order != "seeded" and cfg.benchmark.class_order_seed is not None:
         raise ConfigError("benchmark.class_order_seed: only used with class_order: seeded; set class_order: seeded or remove it")
+    check_loggers(cfg.output.loggers)
     gradient_free = not getattr(MODELS[cfg.model.name].build, "uses_gradients", True)
     if gradient_free and cfg.regularizer.name != "none":
         raise ConfigError(f"regularizer.name: {cfg.regularizer.name!r} needs gradients, but model {cfg.model.name!r} learns without them; use regularizer: {{name: none}}")
+
+
+def check_loggers(names: list[str]) -> None:
+    """Known logger names, each once, with their optional packages installed."""
+    import importlib.util
+
+    for i, name in enumerate(names):
+        if name not in LOGGERS:
+            near = difflib.get_close_matches(str(name), list(LOGGERS), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"output.loggers: unknown logger {name!r}{hint}; choose from {', '.join(sorted(LOGGERS))}")
+        if name in names[:i]:
+            raise ConfigError(f"output.loggers: {name!r} is listed twice")
+        entry = LOGGERS[name]
+        missing = [m for m in entry.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            how = f"pip install 'sdmcl[{entry.extra}]'" if entry.extra else f"pip install {missing[0]}"
+            raise ConfigError(f"output.loggers: {name!r} needs the {missing[0]} package, which is not installed; "
+                              f"{how}, or remove {name!r} from output.loggers")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -378,55 +420,12 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def expand_experiment(raw: dict, overrides: list[str] = ()) -> list[tuple[str, RunConfig]]:
-    """One (label, RunConfig) per variant × seed of an experiment dict."""
-    raw = json.loads(json.dumps(raw))  # deep copy, and a check that it is plain data
-    seeds = raw.pop("seeds", None)
-    variants = raw.pop("variants", None)
-    parsed_overrides = [parse_override(o) for o in overrides]
-    for key, value in parsed_overrides:
-        if key == "seeds":
-            seeds = value
-        else:
-            set_dotted(raw, key, value)
-    if seeds is None:
-        seeds = [_coerce(raw.get("seed", 0), int, "seed")]
-    name = _coerce(raw.get("name", "run" if variants is None else "exp"), str, "name")  # it labels the runs below
-    seeds = _coerce(seeds if isinstance(seeds, list) else [seeds], list[int], "seeds")
-    if not seeds:
-        raise ConfigError("seeds: the list is empty; give at least one seed or remove the key")
-    if variants is None:
-        variants = {name: {}}
-    if not isinstance(variants, dict) or not variants:
-        raise ConfigError("variants: expected a mapping of label to overrides, e.g. {sdmlp: {model.name: sdmlp}}")
-    runs = []
-    for label, changes in variants.items():
-        if not isinstance(changes, dict):
-            raise ConfigError(f"variants.{label}: expected a mapping of dotted keys to values")
-        base = json.loads(json.dumps(raw))
-        for key, value in changes.items():
-            if key == "model" or key == "regularizer":
-                base[key] = value  # a whole section replaces the base one
-            else:
-                set_dotted(base, key, value)
-        # command-line overrides win over variant settings
-        for key, value in parsed_overrides:
-            if key != "seeds":
-                set_dotted(base, key, value)
-        base.setdefault("name", str(label))
-        if len(variants) > 1:
-            base["name"] = f"{name}-{label}"
-        for seed in seeds:
-            run_raw = {**base, "seed": seed}
-            try:
-                cfg = parse_config(run_raw)
-            except ConfigError as e:
-                if len(variants) > 1:
-                    raise ConfigError(f"variant {label!r}: {e}") from None
-                raise
-            runs.append((str(label), cfg))
-    return runs
+def expand_experiment(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: list[str] = ()) -> list[tuple[str, RunConfig]]:
+    """One (label, RunConfig) per variant × grid point × seed of an experiment dict (see experiment.py)."""
+    from sdmcl.experiment import expand
+
+    return [(p.label, p.cfg) for p in expand(raw, overrides, grid, only)]
 
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> list[tuple[str, RunConfig]]:
-    return expand_experiment(read_yaml(path), overrides)
+def load_experiment(path: str | Path, overrides: list[str] = (), grid: list[str] = (), only: list[str] = ()) -> list[tuple[str, RunConfig]]:
+    return expand_experiment(read_yaml(path), overrides, grid, only)

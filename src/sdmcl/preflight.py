@@ -143,19 +143,14 @@ def _path_max(folder: Path) -> int:
         return 4096
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """The run directory can be created (or is one) and written to; its name fits the file system."""
-    run_dir = Path(run_dir)
-    if run_dir.exists():
-        if not run_dir.is_dir():
-            raise OutputError(f"{run_dir}: exists and is not a directory; move it away or set output.dir elsewhere")
-        base = run_dir
-    else:
-        base = _existing_ancestor(run_dir.absolute())
-        if not base.is_dir():
-            raise OutputError(f"output.dir: {base} is a file, not a directory; set output.dir to a directory")
+def check_path_lengths(run_dir: Path) -> None:
+    """The run directory's name and path fit the file system (checked before anything looks
+    at the directory: the operating system refuses even to stat a name that is too long)."""
+    run_dir = Path(run_dir).absolute()
+    base = _existing_ancestor(run_dir)
+    if base.is_dir() and base != run_dir:
         limit = _name_max(base)
-        for part in run_dir.absolute().relative_to(base).parts:
+        for part in run_dir.relative_to(base).parts:
             size = len(part.encode("utf-8", "surrogateescape"))
             if size > limit:
                 if part == run_dir.name:
@@ -163,10 +158,21 @@ def check_run_dir(run_dir: Path) -> None:
                                       f"system allows under {base}; use a shorter name")
                 raise OutputError(f"output.dir: the folder name {part[:24]}… is {size} bytes, longer than the {limit} the file "
                                   f"system allows; use a shorter output.dir")
-    size = len(str(run_dir.absolute()).encode("utf-8", "surrogateescape")) + PATH_SLACK
+    size = len(str(run_dir).encode("utf-8", "surrogateescape")) + PATH_SLACK
     if size > _path_max(base):
         raise OutputError(f"output.dir: the run directory path {str(run_dir)[:40]}… is too long for the file system "
                           f"({size} of {_path_max(base)} bytes); use a shorter output.dir or name")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """The run directory can be created (or is one) and written to; its name fits the file system."""
+    run_dir = Path(run_dir)
+    check_path_lengths(run_dir)
+    base = _existing_ancestor(run_dir.absolute())
+    if base == run_dir.absolute() and not base.is_dir():
+        raise OutputError(f"{run_dir}: exists and is not a directory; move it away or set output.dir elsewhere")
+    if not base.is_dir():
+        raise OutputError(f"output.dir: {base} is a file, not a directory; set output.dir to a directory")
     why = _probe_writable(base)
     if why:
         raise OutputError(f"{base}: output directory is not writable ({why}); set output.dir to a writable place")
@@ -304,9 +310,10 @@ def _size_keys(cfg: RunConfig, input_dim: int, num_classes: int) -> str:
     return ", ".join(keys)
 
 
-def check_memory(cfg: RunConfig, prepared) -> None:
+def check_memory(cfg: RunConfig, prepared, concurrent: int = 1) -> None:
     """Refuse a run whose model, optimizer and regularizer state, data copies and
-    activations would not fit in the memory available now (the data is already loaded)."""
+    activations would not fit in the memory available now (the data is already loaded).
+    `concurrent` runs like it at once (`--jobs`) each need as much, and their own data."""
     avail = available_memory(prepared.device)
     if avail is None:
         return
@@ -316,15 +323,21 @@ def check_memory(cfg: RunConfig, prepared) -> None:
     parts = estimate_memory(cfg, prepared.input_dim, prepared.num_classes, largest, tests, len(prepared.tasks))
     if parts is None:
         return
+    if concurrent > 1:
+        data = sum(t.train_x.nbytes + t.test_x.nbytes for t in prepared.tasks)
+        parts = {k: v * concurrent for k, v in parts.items()}
+        parts["data of the other runs at once"] = data * (concurrent - 1)
     need = sum(parts.values())
     if need <= free:
         return
     listed = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v >= 2**20)
+    if concurrent > 1:
+        listed += f"; for {concurrent} runs at once"
     weights = sum(parts[k] for k in ("model", "gradients", "optimizer state", "regularizer state"))
     biggest = "model" if weights > free else max(parts, key=parts.get)
     if biggest == "activations":
         key, fix = "train.batch_size", "use a smaller train.batch_size / train.eval_batch_size"
-    elif biggest == "data copies":
+    elif biggest in ("data copies", "data of the other runs at once"):
         key, fix = "data.source", "use fewer tasks (benchmark.num_tasks) or a machine with more memory"
     else:
         sizes = _size_keys(cfg, prepared.input_dim, prepared.num_classes)
@@ -357,13 +370,12 @@ def check_run(cfg: RunConfig, run_dir: Path) -> torch.device:
     return device
 
 
-def check_runs(runs: list[tuple[RunConfig, Path]], prepared_for) -> None:
-    """Every check of every run, before the first one trains: device, threads and output
-    paths, then (with each run's data, from `prepared_for(cfg)`) memory."""
+def check_runs(runs: list[tuple[RunConfig, Path]], prepared_for, concurrent: int = 1) -> None:
+    """Every check of the runs to train, before the first one trains: device, threads and
+    output paths, then (with each run's data, from `prepared_for(cfg)`) memory for
+    `concurrent` runs at once."""
     for cfg, run_dir in runs:
         check_run(cfg, run_dir)
     for cfg, run_dir in runs:
-        if (run_dir / "summary.json").is_file():
-            continue  # finished: its results are reused, nothing is allocated
-        check_memory(cfg, prepared_for(cfg))
+        check_memory(cfg, prepared_for(cfg), concurrent)
 

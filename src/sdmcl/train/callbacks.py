@@ -60,5 +60,8 @@ def overrides(cb: Callback, hook: str) -> bool:
 
 
 def build_callbacks(cfg) -> list[Callback]:
-    """The callbacks a run config asks for (none by default)."""
-    return []
+    """The callbacks a run config asks for: the loggers of `output.loggers` (train/loggers.py)."""
+    from sdmcl.registry import LOGGERS, load_all
+
+    load_all()
+    return [LOGGERS[name].build(cfg) for name in cfg.output.loggers]

@@ -62,6 +62,12 @@ def save_checkpoint(path: Path, payload: dict, before_replace=None) -> None:
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     p = Path(path)
+    try:
+        p.stat()
+    except FileNotFoundError:
+        pass  # reported below
+    except OSError as e:  # too long a name, no permission, a loop of links
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); give the path of a checkpoint or a run directory") from None
     if p.is_dir():
         for candidate in (p / "model.pt", p / "checkpoints" / "last.pt"):
             if candidate.is_file():

@@ -39,13 +39,14 @@ import torch.nn.functional as F
 from sdmcl import metrics
 from sdmcl.config import RunConfig
 from sdmcl.data.benchmarks import Task, make_tasks
-from sdmcl.errors import CheckpointError, DataError, DivergenceError
+from sdmcl.data.fingerprint import content_id as data_content_id
+from sdmcl.errors import CheckpointError, DataError, DivergenceError, OutputError
 from sdmcl.registry import MODELS, REGULARIZERS
 from sdmcl.train.callbacks import build_callbacks, overrides
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
 from sdmcl.train.evaluate import Evaluator
 from sdmcl.train.optim import build_optimizer, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
-from sdmcl.train.rundir import RunDir, evaluation_problem, read_resume_checkpoint, read_summary, run_dir_for
+from sdmcl.train.rundir import RunDir, RunLocked, evaluation_problem, read_resume_checkpoint, read_summary, run_dir_for
 
 
 def derived_seed(*parts) -> int:
@@ -160,7 +161,12 @@ class FaultInjector:
 
 
 class StopRequested(Exception):
-    """SIGINT/SIGTERM arrived: stop at the next safe point after writing a checkpoint."""
+    """SIGINT/SIGTERM arrived: stop at the next safe point after writing a checkpoint.
+    `run_dirs` are the directories to resume."""
+
+    def __init__(self, *run_dirs):
+        super().__init__(*run_dirs)
+        self.run_dirs = [str(d) for d in run_dirs]
 
 
 class Engine:
@@ -209,6 +215,7 @@ class Engine:
         self.evaluator = Evaluator(self.tasks, prepared.num_classes, self.device, self.prepare_inputs)
         self.callbacks = build_callbacks(cfg)
         self.step_callbacks = [cb for cb in self.callbacks if overrides(cb, "after_step")]
+        self.provenance = None  # a provenance.Session while `run()` trains
 
     # ------------------------------------------------------------ checkpoints
 
@@ -472,7 +479,7 @@ class Engine:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=E, initial=st.next_epoch_in_task, desc=f"task {task.index + 1}/{len(self.tasks)} [{task.name}]",
-                           unit="ep", leave=False, dynamic_ncols=True)
+                           unit="ep", leave=False, dynamic_ncols=True, disable=None)  # None: off when stderr is no terminal
             for e in range(st.next_epoch_in_task, E):
                 t0 = time.perf_counter()
                 loss = self.train_epoch(task, e)
@@ -492,7 +499,7 @@ class Engine:
                     self.save()
                 if not last and self.stop_signal is not None:
                     self.save()
-                    raise StopRequested()
+                    raise StopRequested(rd.path)
             t0 = time.perf_counter()
             call_hook(self.model, "on_task_end", task)
             self.regularizer.on_task_end(self.model, task)
@@ -509,7 +516,7 @@ class Engine:
                      + " ".join(f"{a:.3f}" for a in entry["task_accuracy"]) + f"  seen avg {entry['seen_average_accuracy']:.3f}")
             self.save()
             if self.stop_signal is not None and task.index + 1 < len(self.tasks):
-                raise StopRequested()
+                raise StopRequested(rd.path)
 
     def finish(self) -> dict:
         st, rd = self.state, self.run_dir
@@ -534,10 +541,15 @@ class Engine:
         for key in ("fraction_dead", "active_per_input", "gaba_switched"):
             if last.get(key) is not None:
                 summary[key] = last[key]
+        content = data_content_id(self.cfg.data.source, self.cfg.data.path, self.cfg.data.data_dir)
+        if content is not None:
+            summary["data_content"] = content  # stands in for data.path in the stamp
         save_checkpoint(rd.model_path, self.checkpoint_payload(full=False))
         rd.write_matrix(st.R, self.task_labels)
         if self.cfg.output.plots:
             self.write_plots()
+        if self.provenance is not None:
+            summary["provenance"] = self.provenance.close("finished")
         rd.write_summary(summary)
         return summary
 
@@ -551,31 +563,37 @@ class Engine:
         # future tasks (evaluated at task ends for the full matrix) are not drawn before they are trained
         hist = [{"epoch": h["epoch"], "task_accuracy": [a if j <= h["task"] else None for j, a in enumerate(h["task_accuracy"])]
                  + [None] * (len(self.tasks) - len(h["task_accuracy"]))} for h in self.state.history]
-        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels)
-        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels)
+        run = rd.path.name  # titles name the run: plots copied elsewhere still say whose they are
+        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels,
+                                   title=f"{run}: accuracy of every task over training")
+        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels,
+                                   title=f"{run}: accuracy matrix (%)")
         dead = [{"epoch": h["epoch"], "fraction_dead": h["fraction_dead"]} for h in self.state.history if h.get("fraction_dead") is not None]
         if dead:
-            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png")
+            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png", title=f"{run}: dead neurons over training")
 
 
 def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: Callable[[str], None] = print,
-        prepared: Prepared | None = None, run_dir: str | Path | None = None) -> tuple[RunDir, dict]:
+        prepared: Prepared | None = None, rerun: bool = False, run_dir: str | Path | None = None) -> tuple[RunDir, dict]:
     """Train one config to the end (or resume it). Returns its run directory and summary.
 
     `resume=None` resumes when the run directory holds a checkpoint, `True` requires one.
     `run_dir` (default: `output.dir/<name>-<stamp>`) is where the run lives, e.g. a run
     directory that was renamed or moved (`cfg` is then its own config.yaml).
-    A finished run (summary.json present) is not trained again; its summary is returned.
+    A finished run (summary.json present) is not trained again; its summary is returned,
+    with a note when different code made it. `rerun=True` trains from the start whatever is
+    there. Raises `RunLocked` when another live process holds the run directory.
     Device, threads, output path and memory are checked before anything is written.
     """
-    from sdmcl.preflight import check_memory, check_run
+    from sdmcl.preflight import check_memory, check_path_lengths, check_run
 
     rd = RunDir(Path(run_dir) if run_dir is not None else run_dir_for(cfg))
-    rd.raise_if_in_use()
-    if rd.is_finished():
-        summary = read_summary(rd)
-        log(f"{rd.path}: already finished; its summary is reused (delete the directory to run again)")
-        return rd, summary
+    check_path_lengths(rd.path)
+    holder = rd.lock_holder()  # before reading anything: another process may be writing it
+    if holder is not None:
+        raise RunLocked(rd.path, holder)
+    if rd.is_finished() and not rerun:
+        return rd, reuse_finished(rd, log)
     if resume and not rd.has_checkpoint():
         raise CheckpointError(f"{rd.path}: no checkpoint to resume from (the run stopped before its first checkpoint); "
                               f"start it again: sdmcl run {rd.config_path if rd.config_path.is_file() else 'CONFIG'}")
@@ -586,13 +604,43 @@ def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: 
     try:
         engine = Engine(prepared, rd, progress=progress, log=log)
         with rd.locked():
+            if rd.is_finished() and not rerun:  # another process finished it meanwhile
+                return rd, reuse_finished(rd, log)
+            if rerun:
+                rd.clear_results()
             checkpoint = read_resume_checkpoint(rd, cfg, map_location=prepared.device) if rd.has_checkpoint() else None
             rd.create(cfg)
-            if checkpoint is None:
+            fresh = checkpoint is None
+            if fresh:
                 call_hook(engine.model, "apply_constraints")
-            summary = engine.run(resume=checkpoint is not None, checkpoint=checkpoint)
+            from sdmcl.provenance import Session
+
+            engine.provenance = Session(rd.path, fresh=fresh)
+            try:
+                summary = engine.run(resume=not fresh, checkpoint=checkpoint)
+            except BaseException as e:
+                if engine.provenance.record["status"] == "running":
+                    try:
+                        engine.provenance.close({StopRequested: "stopped", DivergenceError: "diverged"}.get(type(e), "failed"))
+                    except OutputError:
+                        pass  # e.g. the disk is full: the original error is the one to report
+                raise
     finally:  # the run's process-wide CPU settings end with it (the calling program keeps its own)
         torch.set_num_threads(threads)
         if cfg.train.flush_denormal:
             torch.set_flush_denormal(False)
     return rd, summary
+
+
+def reuse_finished(rd: RunDir, log: Callable[[str], None] = print) -> dict:
+    """The summary of a finished run, with a note when the code that made it differs from this one."""
+    from sdmcl.provenance import reuse_note
+
+    summary = read_summary(rd)  # validated: a damaged summary.json is reported by name
+    note = reuse_note(rd.path)
+    rd.reused = True
+    if note:
+        log(f"{rd.path}: already finished; its summary is reused, but {note}; add --rerun to train it again")
+    else:
+        log(f"{rd.path}: already finished; its summary is reused (add --rerun to train it again)")
+    return summary

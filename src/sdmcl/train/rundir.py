@@ -34,12 +34,22 @@ from sdmcl.strict_yaml import dump_yaml, load_yaml_file
 from sdmcl.train.checkpoint import atomic_write_bytes, load_checkpoint
 
 
+class RunLocked(OutputError):
+    """The run directory is locked by another live process (which may be training it)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path}: in use by process {holder}; wait for it to finish or stop it (its checkpoint lets you resume)")
+        self.path, self.holder = path, holder
+
+
 def run_dir_for(cfg: RunConfig) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.name) or "run"
     return Path(cfg.output.dir) / f"{safe}-{cfg.stamp()}"
 
 
 class RunDir:
+    reused = False  # set when a finished run's summary is returned instead of training it
+
     def __init__(self, path: Path):
         self.path = Path(path)
 
@@ -57,26 +67,10 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
 
-    def holder(self) -> str | None:
-        """The process that holds this run directory's lock now, if any (the lock is not taken)."""
-        try:
-            fd = os.open(self.path / ".lock", os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-        except OSError:
-            return None
-        finally:
-            os.close(fd)  # closing releases a lock this probe took
-        return None
-
     def raise_if_in_use(self) -> None:
-        holder = self.holder()
+        holder = self.lock_holder()
         if holder is not None:
-            raise OutputError(f"{self.path}: in use by process {holder}; wait for it to finish or stop it (its checkpoint lets you resume)")
+            raise RunLocked(self.path, holder)
 
     @contextlib.contextmanager
     def locked(self):
@@ -91,12 +85,26 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise OutputError(f"{self.path}: in use by process {holder}; wait for it to finish or stop it (its checkpoint lets you resume)") from None
+                raise RunLocked(self.path, holder) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield self
         finally:
             os.close(fd)  # closing releases the lock
+
+    def lock_holder(self) -> str | None:
+        """The pid of the live process holding this run's lock, or None (creates nothing)."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)  # closing releases a shared lock taken here
 
     def create(self, cfg: RunConfig) -> None:
         try:
@@ -163,28 +171,28 @@ def _count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-# summary.json: key → (check, what it must be). Keys added by newer code are allowed.
+# summary.json: key → (check, what it must be): the numbers every reader of a summary uses.
+# Other keys are checked when present (SUMMARY_OPTIONAL); keys added by newer code are allowed.
 SUMMARY_FIELDS = {
-    "name": (lambda v: isinstance(v, str), "text"),
-    "stamp": (lambda v: isinstance(v, str), "text"),
-    "model": (lambda v: isinstance(v, str), "text"),
-    "regularizer": (lambda v: isinstance(v, str), "text"),
+    "final_average_accuracy": (lambda v: _number(v, 0, 1), "a finite number in [0, 1]"),
+    "forgetting": (lambda v: _number(v, -1, 1), "a finite number in [-1, 1]"),
+    "backward_transfer": (lambda v: _number(v, -1, 1), "a finite number in [-1, 1]"),
+    "final_task_aware_accuracy": (lambda v: _number(v, 0, 1), "a finite number in [0, 1]"),
+    "final_task_accuracy": (_accuracies, "a non-empty list of finite numbers in [0, 1]"),
+    "seconds_per_epoch": (lambda v: _number(v, 0), "a finite number >= 0"),
+}
+SUMMARY_OPTIONAL = {
+    **{key: (lambda v: isinstance(v, str), "text") for key in ("name", "stamp", "model", "regularizer", "dataset", "data_content")},
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "final_average_accuracy": (lambda v: _number(v, 0, 1), "a number in [0, 1]"),
-    "forgetting": (lambda v: _number(v, -1, 1), "a number in [-1, 1]"),
-    "backward_transfer": (lambda v: _number(v, -1, 1), "a number in [-1, 1]"),
-    "final_task_aware_accuracy": (lambda v: _number(v, 0, 1), "a number in [0, 1]"),
-    "final_task_accuracy": (_accuracies, "a non-empty list of accuracies in [0, 1]"),
     "epochs": (_count, "an integer >= 0"),
     "steps": (_count, "an integer >= 0"),
-    "seconds_per_epoch": (lambda v: _number(v, 0), "a number >= 0"),
 }
 # metrics.jsonl: the keys every evaluation line has
 METRICS_FIELDS = {
     "task": (_count, "an integer >= 0"),
     "epoch": (_count, "an integer >= 0"),
-    "seen_average_accuracy": (lambda v: _number(v, 0, 1), "a number in [0, 1]"),
-    "task_accuracy": (_accuracies, "a non-empty list of accuracies in [0, 1]"),
+    "seen_average_accuracy": (lambda v: _number(v, 0, 1), "a finite number in [0, 1]"),
+    "task_accuracy": (_accuracies, "a non-empty list of finite numbers in [0, 1]"),
 }
 
 
@@ -193,17 +201,25 @@ OPTIONAL_NUMBERS = ("train_loss", "fraction_dead", "active_per_input", "gaba_swi
                     "learning_accuracy", "train_seconds")
 
 
-def _field_problem(entry: Any, fields: dict) -> str | None:
+def _shown(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _field_problem(entry: Any, fields: dict, optional: dict = {}) -> str | None:
     if not isinstance(entry, dict):
-        return f"holds a {type(entry).__name__}, not a JSON object"
+        return f"expected a JSON object, found {type(entry).__name__}"
     for key, (ok, what) in fields.items():
         if key not in entry:
-            return f"lacks {key!r}"
+            return f"no {key!r}; the file is incomplete"
         if not ok(entry[key]):
-            return f"{key!r} is {str(entry[key])[:40]}, not {what}"
+            return f"{key} is {_shown(entry[key])}, not {what}"
+    for key, (ok, what) in optional.items():
+        if entry.get(key) is not None and not ok(entry[key]):
+            return f"{key} is {_shown(entry[key])}, not {what}"
     for key in OPTIONAL_NUMBERS:
         if entry.get(key) is not None and not _number(entry[key]):
-            return f"{key!r} is {str(entry[key])[:40]}, not a finite number"
+            return f"{key} is {_shown(entry[key])}, not a finite number"
     return None
 
 
@@ -223,10 +239,6 @@ def _read_json_text(path: Path, what: str) -> str:
         raise UserError(f"{path}: corrupt (not UTF-8 text at byte {e.start}); {what}") from None
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def read_summary(path: str | Path | RunDir) -> dict:
     """The validated summary.json of a finished run (`path`: the run directory)."""
     rd = _run_dir(path)
@@ -235,12 +247,13 @@ def read_summary(path: str | Path | RunDir) -> dict:
            if rd.has_checkpoint() else "delete the run directory and run the config again")
     text = _read_json_text(p, "the run is unfinished or this is not a run directory")
     try:
-        summary = json.loads(text, parse_constant=_reject_constant)
+        summary = json.loads(text)
     except ValueError as e:
-        raise UserError(f"{p}: corrupt ({'empty file' if not text.strip() else ' '.join(str(e).split())[:80]}); {fix}") from None
-    problem = _field_problem(summary, SUMMARY_FIELDS)
+        where = "empty file" if not text.strip() else f"line {e.lineno}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise UserError(f"{p}: not valid JSON ({where}); the file is damaged: {fix}") from None
+    problem = _field_problem(summary, SUMMARY_FIELDS, SUMMARY_OPTIONAL)
     if problem:
-        raise UserError(f"{p}: corrupt ({problem}); {fix}")
+        raise UserError(f"{p}: {problem}; the file is damaged: {fix}")
     return summary
 
 
@@ -253,12 +266,13 @@ def read_metrics(path: str | Path | RunDir) -> list[dict]:
         if not line.strip():
             continue
         try:
-            entry = json.loads(line, parse_constant=_reject_constant)
+            entry = json.loads(line)
         except ValueError as e:
-            raise UserError(f"{p}:{n}: corrupt line ({' '.join(str(e).split())[:80]}); the file is damaged") from None
+            where = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+            raise UserError(f"{p}:{n}: not valid JSON ({where}); the file is damaged") from None
         problem = evaluation_problem(entry)
         if problem:
-            raise UserError(f"{p}:{n}: corrupt line ({problem}); the file is damaged")
+            raise UserError(f"{p}:{n}: {problem}; the file is damaged")
         entries.append(entry)
     return entries
 
