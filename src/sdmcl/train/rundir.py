@@ -31,7 +31,6 @@ from typing import Any
 from sdmcl.config import RunConfig, parse_config, parse_override, result_differences, set_dotted
 from sdmcl.errors import CheckpointError, ConfigError, OutputError, UserError
 from sdmcl.strict_yaml import dump_yaml, load_yaml_file
-from sdmcl.train.checkpoint import atomic_write_bytes, load_checkpoint
 
 
 class RunLocked(OutputError):
@@ -117,6 +116,8 @@ class RunDir:
         self.write_text(self.config_path, dump_yaml(cfg.to_dict()))
 
     def write_text(self, path: Path, text: str) -> None:
+        from sdmcl.train.checkpoint import atomic_write_bytes  # imported here: reading a run needs no torch
+
         atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
     def write_metrics(self, history: list[dict]) -> None:
@@ -308,6 +309,8 @@ def _listed(changed: list[tuple[str, Any, Any]], first: str, second: str, limit:
 def read_resume_checkpoint(rd: RunDir, cfg: RunConfig, map_location="cpu") -> dict:
     """The run's checkpoint, checked against the config the run resumes with: any key that
     changes results must be as it was when the run started."""
+    from sdmcl.train.checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(rd.checkpoint_path, map_location=map_location)
     if "position" not in ckpt:
         raise CheckpointError(f"{rd.checkpoint_path}: not a resumable checkpoint (no training position); delete it to start over")
