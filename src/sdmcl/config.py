@@ -34,7 +34,7 @@ class DataConfig:
     source: str = "digits"  # mnist | fashion-mnist | cifar10 | cifar100 | digits | embeddings
     path: str | None = None  # directory (or embedding file) holding the original files
     data_dir: str | None = None  # download cache; default $SDMCL_DATA_DIR or ~/.cache/sdmcl
-    pixel_scale: Literal["unit", "raw255"] = "unit"  # [0,1], or the reference's raw [0,255]
+    pixel_scale: Literal["unit", "raw255"] = "unit"  # [0,1] (the reference divides by 255 at load too), or raw [0,255]
     download: bool = True
 
 
@@ -52,8 +52,11 @@ class OptimConfig:
     name: Literal["sgd", "sgdm", "adam", "rmsprop", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9  # sgdm only
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # null: 0.001 for adamw (the reference's default), 0 for the others
     grad_clip: float | None = 1.0  # max global gradient norm; null disables
+    schedule: Literal["constant", "onecycle", "warmup_cosine"] = "constant"  # learning-rate schedule (train/optim.py)
+    warmup_epochs: float = 0.0  # linear warm-up from 0 (constant, warmup_cosine)
+    schedule_span: Literal["run", "task"] = "run"  # the schedule spans the whole run, or restarts with each task
 
 
 @dataclass
@@ -66,6 +69,24 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; null = torch's default
     oversubscribe: bool = False  # allow train.threads above the cores this process may use
     flush_denormal: bool = True  # CPU: treat floats below 1e-38 as 0 (denormals make matmuls ~10% slower)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # mixed precision (CUDA, image models): autocast, + loss scaling for fp16
+    restart_k_schedule: bool = False  # with init_from: k schedules restart at epoch 0 instead of continuing the pretraining's count
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation of image batches (data/augment.py), in the reference's order:
+    random resized crop, horizontal flip, RandAugment, colour jitter, random erasing. The
+    defaults of the strengths are the reference's ConvMixer settings."""
+
+    enabled: bool = False
+    crop_scale: float = 1.0  # random resized crop (square): area fraction drawn from [crop_scale, 1]; 1 = no crop
+    flip: float = 0.5  # probability of a horizontal flip
+    randaugment_ops: int = 2  # RandAugment: operations per image (0 = off)
+    randaugment_magnitude: int = 12  # RandAugment magnitude bin, 0..30
+    jitter: float = 0.0  # colour jitter: brightness, contrast and saturation factors in [1 - j, 1 + j]
+    erase_prob: float = 0.0  # random erasing: probability per image
+    erase_value: float | list[float] = 0.0  # fill of erased pixels (one value, or one per channel)
 
 
 @dataclass
@@ -87,6 +108,7 @@ class RunConfig:
     model: Any = None  # the chosen model's declared config dataclass
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     regularizer: Any = None  # the chosen regularizer's declared config dataclass
     output: OutputConfig = field(default_factory=OutputConfig)
     init_from: str | None = None  # pretrained checkpoint: new head, GABA counters kept
@@ -160,6 +182,10 @@ EXPERIMENT_KEYS = ("seeds", "variants", "grid")
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 # train.device: auto, cpu, mps, cuda or cuda:N (whether the device exists is checked by preflight.py)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+
+# AdamW's weight decay when optim.weight_decay is not given: the reference's default for its
+# MLPs (`adamw_l2_loss_weight`; its ConvMixer used 0.005, set explicitly)
+ADAMW_DEFAULT_WEIGHT_DECAY = 0.001
 
 
 # ---------------------------------------------------------------- type checking
@@ -299,10 +325,12 @@ def parse_config(raw: dict) -> RunConfig:
     simple = {k: v for k, v in raw.items() if k in ("name", "seed", "init_from")}
     cfg = _build_dataclass(RunConfig, simple, "")
     for sec, cls in (("data", DataConfig), ("benchmark", BenchmarkConfig), ("optim", OptimConfig),
-                     ("train", TrainConfig), ("output", OutputConfig)):
+                     ("train", TrainConfig), ("augment", AugmentConfig), ("output", OutputConfig)):
         setattr(cfg, sec, _build_dataclass(cls, raw.get(sec), sec + "."))
+    if cfg.optim.weight_decay is None:  # resolved here, so config.yaml and every reader see the value used
+        cfg.optim.weight_decay = ADAMW_DEFAULT_WEIGHT_DECAY if cfg.optim.name == "adamw" else 0.0
     cfg.model = _registered_section(MODELS, raw.get("model"), "model", "sdmlp", "model")
-    if not getattr(MODELS[cfg.model.name].build, "uses_gradients", True) and cfg.optim != OptimConfig():
+    if not getattr(MODELS[cfg.model.name].build, "uses_gradients", True) and cfg.optim != OptimConfig(weight_decay=0.0):
         raise ConfigError(f"optim: model {cfg.model.name!r} learns without gradients and uses no optimizer; remove the optim settings")
     cfg.regularizer = _registered_section(REGULARIZERS, raw.get("regularizer"), "regularizer", "none", "regularizer")
     check(cfg)
@@ -331,6 +359,8 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.weight_decay: must be >= 0, got {cfg.optim.weight_decay}")
     if not 0 <= cfg.optim.momentum < 1:
         raise ConfigError(f"optim.momentum: must be in [0, 1), got {cfg.optim.momentum}")
+    check_schedule(cfg)
+    check_augment(cfg.augment)
     order = cfg.benchmark.class_order
     if isinstance(order, str) and order not in ("natural", "seeded"):
         raise ConfigError(f"benchmark.class_order: {order!r} is not 'natural', 'seeded' or a list of class ids")
@@ -352,6 +382,32 @@ def check(cfg: RunConfig) -> None:
     gradient_free = not getattr(MODELS[cfg.model.name].build, "uses_gradients", True)
     if gradient_free and cfg.regularizer.name != "none":
         raise ConfigError(f"regularizer.name: {cfg.regularizer.name!r} needs gradients, but model {cfg.model.name!r} learns without them; use regularizer: {{name: none}}")
+
+
+def check_schedule(cfg: RunConfig) -> None:
+    o = cfg.optim
+    if not o.warmup_epochs >= 0:
+        raise ConfigError(f"optim.warmup_epochs: must be >= 0, got {o.warmup_epochs}")
+    if o.schedule == "onecycle" and o.warmup_epochs:
+        raise ConfigError("optim.warmup_epochs: onecycle warms up over its first 40% by itself; set warmup_epochs: 0")
+    if o.schedule_span == "task" and o.warmup_epochs > cfg.train.epochs_per_task:
+        raise ConfigError(f"optim.warmup_epochs: {o.warmup_epochs} exceeds the {cfg.train.epochs_per_task} epochs of a task")
+
+
+def check_augment(a: AugmentConfig) -> None:
+    if not 0 < a.crop_scale <= 1:
+        raise ConfigError(f"augment.crop_scale: must be in (0, 1], got {a.crop_scale}")
+    for key in ("flip", "erase_prob"):
+        if not 0 <= getattr(a, key) <= 1:
+            raise ConfigError(f"augment.{key}: a probability must be in [0, 1], got {getattr(a, key)}")
+    if a.randaugment_ops < 0:
+        raise ConfigError(f"augment.randaugment_ops: must be >= 0, got {a.randaugment_ops}")
+    if not 0 <= a.randaugment_magnitude <= 30:
+        raise ConfigError(f"augment.randaugment_magnitude: must be in 0..30 (RandAugment's 31 bins), got {a.randaugment_magnitude}")
+    if not 0 <= a.jitter < 1:
+        raise ConfigError(f"augment.jitter: must be in [0, 1), got {a.jitter}")
+    if isinstance(a.erase_value, list) and not a.erase_value:
+        raise ConfigError("augment.erase_value: the list is empty; give one value, or one per channel")
 
 
 def check_loggers(names: list[str]) -> None:

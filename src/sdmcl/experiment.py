@@ -175,6 +175,7 @@ def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: lis
     seeds = raw.pop("seeds", None)
     variants = raw.pop("variants", None)
     axes = _check_grid(raw.pop("grid", None))
+    raw.pop("reproduces", None)  # what the file reproduces, for `sdmcl list`: no run setting
     for text in grid:  # command-line axes replace the file's axis of the same key
         key, values = parse_grid_arg(text)
         axes.update(_check_grid({key: values}))

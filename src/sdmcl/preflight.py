@@ -236,13 +236,13 @@ class _ValueReadsAsZero(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def meta_model(cfg: RunConfig, input_dim: int, num_classes: int) -> torch.nn.Module | None:
+def meta_model(cfg: RunConfig, input_dim: int, num_classes: int, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module | None:
     """The run's model built on the meta device (no memory), or None if that fails."""
-    from sdmcl.registry import MODELS
+    from sdmcl.registry import build_model
 
     try:
         with torch.device("meta"), _ValueReadsAsZero():
-            return MODELS[cfg.model.name].build(cfg.model, input_dim, num_classes)
+            return build_model(cfg.model, input_dim, num_classes, input_shape)
     except ConfigError:
         raise
     except Exception:  # a model that cannot be built without data: not estimated
@@ -254,9 +254,9 @@ def _bytes(tensors) -> int:
 
 
 def estimate_memory(cfg: RunConfig, input_dim: int, num_classes: int, largest_train: int, test_total: int,
-                    num_tasks: int = 1) -> dict[str, int] | None:
+                    num_tasks: int = 1, input_shape: tuple[int, ...] | None = None) -> dict[str, int] | None:
     """Bytes the run allocates beyond the resident data, by part (None: model not estimable)."""
-    model = meta_model(cfg, input_dim, num_classes)
+    model = meta_model(cfg, input_dim, num_classes, input_shape)
     if model is None:
         return None
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -282,14 +282,14 @@ def estimate_memory(cfg: RunConfig, input_dim: int, num_classes: int, largest_tr
     }
 
 
-def _size_keys(cfg: RunConfig, input_dim: int, num_classes: int) -> str:
+def _size_keys(cfg: RunConfig, input_dim: int, num_classes: int, input_shape: tuple[int, ...] | None = None) -> str:
     """The model settings that set its size (for the message): the integer fields whose
     halving shrinks the model built on the meta device."""
     import dataclasses
 
     def weight_bytes(model_cfg) -> int | None:
         try:
-            model = meta_model(dataclasses.replace(cfg, model=model_cfg), input_dim, num_classes)
+            model = meta_model(dataclasses.replace(cfg, model=model_cfg), input_dim, num_classes, input_shape)
         except ConfigError:
             return None
         return None if model is None else _bytes(model.parameters()) + _bytes(model.buffers())
@@ -320,7 +320,8 @@ def check_memory(cfg: RunConfig, prepared, concurrent: int = 1) -> None:
     free, where = avail
     largest = max((len(t.train_y) for t in prepared.tasks), default=0)
     tests = sum(len(t.test_y) for t in prepared.tasks)
-    parts = estimate_memory(cfg, prepared.input_dim, prepared.num_classes, largest, tests, len(prepared.tasks))
+    shape = getattr(prepared, "input_shape", None) or None
+    parts = estimate_memory(cfg, prepared.input_dim, prepared.num_classes, largest, tests, len(prepared.tasks), shape)
     if parts is None:
         return
     if concurrent > 1:
@@ -340,7 +341,7 @@ def check_memory(cfg: RunConfig, prepared, concurrent: int = 1) -> None:
     elif biggest in ("data copies", "data of the other runs at once"):
         key, fix = "data.source", "use fewer tasks (benchmark.num_tasks) or a machine with more memory"
     else:
-        sizes = _size_keys(cfg, prepared.input_dim, prepared.num_classes)
+        sizes = _size_keys(cfg, prepared.input_dim, prepared.num_classes, shape)
         key, fix = "model", f"use a smaller model ({sizes})" if sizes else "use a smaller model"
     raise ConfigError(f"{key}: the run needs about {_gib(need)} of memory on {prepared.device} ({listed}) but {_gib(free)} "
                       f"is {where}; {fix}, or a machine with more memory")

@@ -9,6 +9,7 @@ Data sources register a `sdmcl.data.sources.DataSource` object; loggers a factor
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -52,6 +53,17 @@ def register_regularizer(name: str, config_class: type, summary: str = ""):
         return build
 
     return wrap
+
+
+def build_model(cfg: Any, input_dim: int, num_classes: int, input_shape: tuple[int, ...] | None = None):
+    """Build the model `cfg.name` from its config. A builder that declares an `input_shape`
+    parameter also receives the shape of one sample, e.g. (C, H, W) for images (inputs
+    still arrive flattened as (B, input_dim); image models reshape them); the others are
+    called with (cfg, input_dim, num_classes) only."""
+    build = MODELS[cfg.name].build
+    if "input_shape" in inspect.signature(build).parameters:
+        return build(cfg, input_dim, num_classes, input_shape=tuple(input_shape or (input_dim,)))
+    return build(cfg, input_dim, num_classes)
 
 
 def register_data_source(source):

@@ -97,6 +97,11 @@ def _files_read(source: str, root: Path) -> list[tuple[str, Path]]:
         for a, b in EMBEDDING_PAIRS:
             if (root / a).is_file() or (root / b).is_file():
                 return [(role, p) for role, p in (("train", root / a), ("test", root / b)) if p.is_file()]
+    if source == "imagenet32":  # the release's files, found in root or one level below it
+        from sdmcl.data.imagenet32 import locate
+
+        train, test, _ = locate(root)
+        return [(p.name.removesuffix(".npz"), p) for p in train] + ([("val_data", test)] if test else [])
     return [(p.name, p) for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
 
 

@@ -17,6 +17,8 @@ Checksums (which hash pins what):
   every batch file, extracted or read from the archive, is checked on every load against the
   md5 of the official (uncompressed) batch file, `CIFAR_MD5` (the values torchvision uses too).
 - digits ships inside scikit-learn; embeddings are the user's own files: nothing to pin.
+- ImageNet32 is not downloadable without an image-net.org account and no checksums are pinned:
+  every file's structure (dtype, shape, label range) is checked at load.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sdmcl.data.cifar import CIFAR10, CIFAR100, CifarLayout, assemble, batch_dir
 from sdmcl.data.cifar import read_members_from_archive, read_members_from_dir
 from sdmcl.data.dataset import Dataset
 from sdmcl.data.idx import parse_idx, read_idx_bytes
+from sdmcl.data import imagenet32
 from sdmcl.errors import ConfigError, DataError
 from sdmcl.registry import DATA_SOURCES, register_data_source
 
@@ -127,6 +130,19 @@ class DigitsSource(DataSource):
         return "bundled with scikit-learn"
 
 
+class ImageNet32Source(DataSource):
+    """Your copy of the downsampled-ImageNet release (data/imagenet32.py); never downloaded."""
+
+    def load(self, path=None, data_dir=None, pixel_scale="unit", download=True, checks=None) -> Dataset:
+        return _load_imagenet32(self, path, data_dir, pixel_scale, download, checks)
+
+    def status(self, data_dir=None) -> str:
+        folder = cache_dir(data_dir) / self.name
+        if not imagenet32.locate(folder)[2]:
+            return f"your copy, in {folder}"
+        return f"not in {folder} (copy the release there, or set data.path)"
+
+
 class EmbeddingsSource(DataSource):
     def load(self, path=None, data_dir=None, pixel_scale="unit", download=True, checks=None) -> Dataset:
         return _load_embeddings(self, path, data_dir, pixel_scale, download, checks)
@@ -200,6 +216,8 @@ for _source in (
         RemoteFile(CIFAR100.archive, ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
                    "sha256:85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"),)),
     DigitsSource("digits", "scikit-learn's bundled 8x8 digits (0..16), 10 classes, seeded 80/20 split"),
+    ImageNet32Source("imagenet32", "downsampled ImageNet 3x32x32, 1000 classes, 1281167/50000 (your copy of "
+                     "the image-net.org release, via data.path or the cache directory)"),
     EmbeddingsSource("embeddings", "your feature files (e.g. the authors' ConvMixer embeddings), via data.path"),
 ):
     register_data_source(_source)
@@ -536,6 +554,35 @@ def _load_embeddings(info, path, data_dir, pixel_scale, download, checks) -> Dat
     )
 
 
+# ---- ImageNet32 ---------------------------------------------------------------------------
+
+
+def _load_imagenet32(info, path, data_dir, pixel_scale, download, checks) -> Dataset:
+    folder = Path(path).expanduser() if path else cache_dir(data_dir) / info.name
+    train, test, missing = imagenet32.locate(folder)
+    if missing:
+        names = ", ".join(missing) if len(missing) < 4 else f"{missing[0]}, ... ({len(missing)} files)"
+        raise DataError(
+            f"imagenet32: {names} not found in {folder} (or its subdirectories); download Imagenet32_train and "
+            "Imagenet32_val (pickle or npz) from image-net.org (an account is needed) and unpack them there"
+            + ("" if path else ", or set data.path to where they are")
+        )
+    divide_by = 255.0 if pixel_scale == "unit" else None
+    train_x, train_y = imagenet32.read_split(train, divide_by)
+    test_x, test_y = imagenet32.read_split([test], divide_by)
+    if checks is not None:
+        checks.extend(f"{f}: structure checked (no pinned checksum for this release)" for f in train + [test])
+    return Dataset(
+        name=info.name,
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=imagenet32.NUM_CLASSES,
+        input_shape=(3, imagenet32.SIDE, imagenet32.SIDE),
+    )
+
+
 def load_dataset(
     source: str,
     path: str | None = None,
@@ -549,8 +596,8 @@ def load_dataset(
     - `path`: a directory holding the original files (or, for embeddings, a file); never
       downloaded into. Without it, the cache `cache_dir(data_dir)/<source>` is used and missing
       files are downloaded when `download` is true.
-    - `pixel_scale`: "unit" → [0, 1] (uint8 / 255; digits / 16), "raw255" → [0, 255] floats,
-      the scale of the reference implementation. Embeddings are returned unscaled.
+    - `pixel_scale`: "unit" → [0, 1] (uint8 / 255; digits / 16), the reference implementation's
+      scale (it divides by 255 at load); "raw255" → [0, 255] floats. Embeddings are returned unscaled.
     - `checks`: if a list is given, one line per verified file is appended to it.
     """
     info = source_info(source)

@@ -1,8 +1,9 @@
 """Checkpoints: atomic writes, and files that carry their config.
 
 A checkpoint is a dict saved with `torch.save`: `format`, `config` (the resolved run
-config as plain data), `model`, and, for resumable checkpoints, `optimizer`,
-`regularizer`, `position` and `history`. It is written to a temporary file in the same
+config as plain data), `model`, `epochs_trained` (the model's epochs, pretraining
+included: an `init_from` run continues its k schedule from there) and, for resumable
+checkpoints, `optimizer`, `regularizer`, `position` and `history`. It is written to a temporary file in the same
 directory, flushed and fsync'ed, then renamed over the old one, so a crash at any moment
 leaves the previous good checkpoint intact.
 
@@ -143,6 +144,11 @@ def checkpoint_problem(ckpt) -> str | None:
     for key in ("num_classes", "input_dim"):
         if key in ckpt and not (_is_int(ckpt[key]) and ckpt[key] >= 1):
             return f"{key} is {ckpt[key]!r}, not a positive integer"
+    if "epochs_trained" in ckpt and not (_is_int(ckpt["epochs_trained"]) and ckpt["epochs_trained"] >= 0):
+        return f"epochs_trained is {ckpt['epochs_trained']!r}, not an integer >= 0"
+    shape = ckpt.get("input_shape")
+    if shape is not None and not (isinstance(shape, (list, tuple)) and shape and all(_is_int(n) and n >= 1 for n in shape)):
+        return f"input_shape is {shape!r}, not a list of positive sizes"
     model = ckpt.get("model")
     if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
         return "the model weights are missing or not a mapping of names to tensors"
@@ -163,10 +169,10 @@ def checkpoint_problem(ckpt) -> str | None:
             if not (isinstance(rows, list) and all(isinstance(r, list) and all(isinstance(a, float) and 0 <= a <= 1 for a in r)
                                                    for r in rows)):
                 return f"position.{key} is not a matrix of accuracies in [0, 1]"
-        unknown = set(pos) - set(POSITION_INTS) - {"train_seconds", "history", "R", "R_task_aware"}
-        if unknown:
-            return f"position has unknown entries {sorted(unknown)}"
-        for key in ("optimizer", "regularizer", "callbacks"):
+        warnings = pos.get("warnings", [])
+        if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
+            return "position.warnings is not a list of lines"
+        for key in ("optimizer", "regularizer", "callbacks", "grad_scaler"):
             if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
                 return f"{key} state is a {type(ckpt[key]).__name__}, not a mapping"
     for key in ("model", "optimizer", "regularizer", "callbacks"):
@@ -186,3 +192,20 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(f"{prefix}{key} ({va!r} vs {vb!r})")
     return out
+
+
+def load_model(path: str | Path, map_location="cpu") -> torch.nn.Module:
+    """The model of a checkpoint or finished run directory (its `model.pt`), rebuilt from the
+    config the file carries, weights loaded, in eval mode. An image model's `embed(x)` then
+    gives its features (models/base.py)."""
+    from sdmcl.config import parse_config
+    from sdmcl.registry import build_model
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    cfg = parse_config(ckpt["config"])
+    model = build_model(cfg.model, ckpt["input_dim"], ckpt["num_classes"], ckpt.get("input_shape"))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({str(e).splitlines()[0]})") from None
+    return model.to(map_location).eval()
