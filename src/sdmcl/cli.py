@@ -1,4 +1,4 @@
-"""`sdmcl` command line: run | compare | report | list | data | embed (global: --version, --import MODULE).
+"""`sdmcl` command line: run | compare | report | analyze | list | data | embed (global: --version, --import MODULE).
 
 Every mistake a user can make in a config, data file, checkpoint or output directory
 ends in one line on stderr and exit code 2; a diverged run exits with 3; a run stopped
@@ -155,6 +155,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from sdmcl.analysis import run_analysis
+
+    image_shape = None
+    if args.image_shape:
+        try:
+            image_shape = tuple(int(v) for v in args.image_shape.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--image-shape {args.image_shape!r}: give sizes joined by x, e.g. 28x28 or 3x32x32") from None
+    print(run_analysis(args.name, args.runs, args.out, epoch=args.epoch, neurons=args.neurons,
+                       samples=args.samples, image_shape=image_shape))
+    return 0
+
+
 def cmd_list(args) -> int:
     from sdmcl.models.topk import K_APPROACHES
     from sdmcl.registry import DATA_SOURCES, LOGGERS, MODELS, REGULARIZERS, load_all
@@ -283,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_embed)
+
+    from sdmcl.analysis import ANALYSES
+
+    an = sub.add_parser("analyze", help="figures and CSV data for the paper's mechanistic claims (see docs/analyses.md)",
+                        description="analyses: " + "; ".join(f"{k}: {v}" for k, v in ANALYSES.items()))
+    an.add_argument("name", choices=list(ANALYSES), help="which analysis")
+    an.add_argument("runs", nargs="*", help="run directories, or folders of them (e.g. runs/)")
+    an.add_argument("--out", help="where figures and CSV files go (default analysis/NAME)")
+    an.add_argument("--epoch", type=int, help="neurons, receptive-fields: the snapshot at this epoch (default: the last)")
+    an.add_argument("--neurons", type=int, default=16, help="receptive-fields: neurons shown per group (default 16)")
+    an.add_argument("--samples", type=int, default=500, help="attention: test inputs used as queries (default 500)")
+    an.add_argument("--image-shape", help="receptive-fields: shape of an input, e.g. 28x28 or 3x32x32 (default: guessed)")
+    an.set_defaults(func=cmd_analyze)
 
     ls = sub.add_parser("list", help="models, k approaches, regularizers, optimizers, data sources, experiments")
     ls.set_defaults(func=cmd_list)

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdmcl.config import (
+    AugmentConfig,
     BenchmarkConfig,
     DataConfig,
+    InvestigateConfig,
     OptimConfig,
     OutputConfig,
     RunConfig,
@@ -45,7 +47,7 @@ from sdmcl.registry import MODELS, REGULARIZERS, load_all
 from sdmcl.strict_yaml import YAMLFileError, loads_yaml
 
 _PLAIN_SECTIONS = {"data": DataConfig, "benchmark": BenchmarkConfig, "optim": OptimConfig,
-                   "train": TrainConfig, "output": OutputConfig}
+                   "train": TrainConfig, "augment": AugmentConfig, "output": OutputConfig, "investigate": InvestigateConfig}
 _REGISTERED_SECTIONS = {"model": (MODELS, "sdmlp"), "regularizer": (REGULARIZERS, "none")}
 _TOP_LEVEL = [f.name for f in dataclasses.fields(RunConfig)]
 
