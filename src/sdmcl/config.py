@@ -64,6 +64,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads; null = torch's default
     flush_denormal: bool = True  # CPU: treat floats below 1e-38 as 0 (denormals make matmuls ~10% slower)
+    validation_fraction: float = 0.0  # share of each task's training data held out for validation (NISPA: 0.1); 0 = none
 
 
 @dataclass
@@ -250,6 +251,8 @@ def check(cfg: RunConfig) -> None:
     for key, v in (("train.eval_every", cfg.train.eval_every), ("output.checkpoint_every", cfg.output.checkpoint_every)):
         if v < 0:
             raise ConfigError(f"{key}: must be >= 0 (0 = only at task ends), got {v}")
+    if not 0 <= cfg.train.validation_fraction < 1:
+        raise ConfigError(f"train.validation_fraction: must be in [0, 1) (0 = no validation split), got {cfg.train.validation_fraction}")
     if cfg.train.threads is not None and cfg.train.threads < 1:
         raise ConfigError(f"train.threads: must be >= 1 or null, got {cfg.train.threads}")
     if not cfg.optim.lr > 0:
@@ -275,6 +278,9 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("benchmark.class_order_seed: required when class_order is 'seeded' (the paper used 3, 15, 27, 97)")
     if order != "seeded" and cfg.benchmark.class_order_seed is not None:
         raise ConfigError("benchmark.class_order_seed: only used with class_order: seeded; set class_order: seeded or remove it")
+    check_run = getattr(cfg.model, "check_run", None)  # a model's checks of settings outside its own section
+    if check_run is not None:
+        check_run(cfg)
     gradient_free = not getattr(MODELS[cfg.model.name].build, "uses_gradients", True)
     if gradient_free and cfg.regularizer.name != "none":
         raise ConfigError(f"regularizer.name: {cfg.regularizer.name!r} needs gradients, but model {cfg.model.name!r} learns without them; use regularizer: {{name: none}}")

@@ -10,6 +10,9 @@ def _fmt_pct(x: float) -> str:
 
 
 def print_run(label: str, rd, summary: dict) -> None:
+    from sdmcl.report import setting_marks
+
+    label = label + setting_marks(summary)
     accs = " ".join(_fmt_pct(a) for a in summary["final_task_accuracy"])
     print(f"{label}: final per-task accuracy (%): {accs}")
     print(f"{label}: final average accuracy {_fmt_pct(summary['final_average_accuracy'])}%  "

@@ -8,13 +8,25 @@ from pathlib import Path
 from sdmcl.errors import UserError
 
 
+def setting_marks(summary: dict) -> str:
+    """Marks for runs not scored in the default class-incremental, label-free setting:
+    `[label-informed]` (the true label reached the model at test time) and `[task-IL]`
+    (task-incremental: the task was given at test time, accuracies are task-aware)."""
+    marks = []
+    if summary.get("label_informed"):
+        marks.append("[label-informed]")
+    if summary.get("task_incremental"):
+        marks.append("[task-IL]")
+    return (" " + " ".join(marks)) if marks else ""
+
+
 def comparison_table(rows: list[tuple[str, dict]]) -> str:
     """One row per label: mean ± s.e.m. over seeds of the headline metrics."""
     from sdmcl.metrics import mean_sem
 
     groups: dict[str, list[dict]] = {}
     for label, s in rows:
-        groups.setdefault(label, []).append(s)
+        groups.setdefault(label + setting_marks(s), []).append(s)
     head = f"{'method':<28} {'seeds':>5} {'final avg acc %':>17} {'forgetting %':>15} {'BWT %':>14} {'s/epoch':>8}"
     lines = [head, "-" * len(head)]
     for label, ss in groups.items():

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from sdmcl import metrics
 from sdmcl.config import RunConfig
-from sdmcl.data.benchmarks import Task, make_tasks
+from sdmcl.data.benchmarks import Task, hold_out_validation, make_tasks
 from sdmcl.errors import CheckpointError, DataError, DivergenceError
 from sdmcl.registry import MODELS, REGULARIZERS
 from sdmcl.train.callbacks import build_callbacks, overrides
@@ -71,10 +71,11 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def call_hook(obj, name: str, *args) -> None:
+def call_hook(obj, name: str, *args):
     fn = getattr(obj, name, None)
     if fn is not None:
-        fn(*args)
+        return fn(*args)
+    return None
 
 
 @dataclass
@@ -171,6 +172,9 @@ class Engine:
         self.progress = progress and self.cfg.output.progress
         self.device = prepared.device
         self.tasks = prepared.tasks
+        if self.cfg.train.validation_fraction > 0:  # per run: the held-out samples depend on the seed
+            self.tasks = hold_out_validation(self.tasks, self.cfg.train.validation_fraction,
+                                             derived_seed(self.cfg.seed, "validation"))
         self.task_labels = [",".join(map(str, t.classes)) for t in self.tasks]
         self.stop_signal: int | None = None
         self.fault = FaultInjector(os.environ.get("SDMCL_FAULT"))
@@ -204,8 +208,11 @@ class Engine:
         # split, not to every minibatch (models/base.py: prepare_inputs)
         self.prepare_inputs = getattr(self.model, "prepare_inputs", None)
         self.forward_kwargs = {"prepared": True} if self.prepare_inputs is not None else {}
+        # label-informed models get the true labels in training and evaluation (models/base.py)
+        self.takes_labels = bool(getattr(self.model, "takes_labels", False))
         self._train_inputs: tuple[int, torch.Tensor] | None = None  # (task index, its prepared inputs)
-        self.evaluator = Evaluator(self.tasks, prepared.num_classes, self.device, self.prepare_inputs)
+        self.evaluator = Evaluator(self.tasks, prepared.num_classes, self.device, self.prepare_inputs,
+                                   takes_labels=self.takes_labels)
         self.callbacks = build_callbacks(cfg)
         self.step_callbacks = [cb for cb in self.callbacks if overrides(cb, "after_step")]
 
@@ -320,7 +327,7 @@ class Engine:
         for step, start in enumerate(range(0, n, bs)):
             idx = perm[start : start + bs]
             x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
-            logits = model(x, **self.forward_kwargs)
+            logits = model(x, labels=y, **self.forward_kwargs) if self.takes_labels else model(x, **self.forward_kwargs)
             loss = F.cross_entropy(logits, y)
             if penalize:
                 loss = loss + reg.penalty(model)
@@ -418,7 +425,7 @@ class Engine:
         for task in self.tasks[self.state.next_task :]:
             st = self.state
             if st.next_epoch_in_task == 0:
-                call_hook(self.model, "on_task_start", task)
+                self.apply_request(call_hook(self.model, "on_task_start", task))
                 self.regularizer.on_task_start(self.model, task)
                 for cb in self.callbacks:
                     cb.on_task_start(self, task)
@@ -434,7 +441,9 @@ class Engine:
                 loss = self.train_epoch(task, e)
                 st.epochs_done += 1
                 st.next_epoch_in_task = e + 1
-                last = e == E - 1
+                # the model may end the task early (NISPA: its phases are over) or ask for a fresh optimizer
+                model_ends_task = self.apply_request(call_hook(self.model, "on_epoch_end", task, e + 1))
+                last = e == E - 1 or model_ends_task
                 if not last and cfg.train.eval_every and (e + 1) % cfg.train.eval_every == 0:
                     entry = self.record(task, e + 1, loss, full=False)
                     if bar is not None:
@@ -449,10 +458,12 @@ class Engine:
                 if not last and self.stop_signal is not None:
                     self.save()
                     raise StopRequested()
+                if last:
+                    break
             t0 = time.perf_counter()
             call_hook(self.model, "on_task_end", task)
             self.regularizer.on_task_end(self.model, task)
-            entry = self.record(task, E, loss, full=True)
+            entry = self.record(task, st.next_epoch_in_task, loss, full=True)
             st.train_seconds += time.perf_counter() - t0
             st.R.append(entry["task_accuracy"])
             st.R_task_aware.append(entry["task_aware_accuracy"])
@@ -467,9 +478,19 @@ class Engine:
             if self.stop_signal is not None and task.index + 1 < len(self.tasks):
                 raise StopRequested()
 
+    def apply_request(self, request) -> bool:
+        """Carry out a model's `TrainingRequest` (models/base.py); True when it ends the task."""
+        if request is None:
+            return False
+        if request.reset_optimizer and self.optimizer is not None:
+            self.optimizer = build_optimizer(self.cfg.optim, self.params)
+        return bool(request.end_task)
+
     def finish(self) -> dict:
         st, rd = self.state, self.run_dir
-        R = np.array(st.R)
+        # task-incremental models are scored with the task given at test time (task-aware accuracy)
+        task_incremental = bool(getattr(self.model, "task_incremental", False))
+        R = np.array(st.R_task_aware if task_incremental else st.R)
         summary = {
             "name": self.cfg.name,
             "stamp": self.cfg.stamp(),
@@ -480,7 +501,9 @@ class Engine:
             "tasks": [list(t.classes) for t in self.tasks],
             **metrics.summarize(R),
             "final_task_aware_accuracy": float(np.mean(st.R_task_aware[-1])),
-            "final_task_accuracy": st.R[-1],
+            "final_task_accuracy": R[-1].tolist(),
+            "task_incremental": task_incremental,
+            "label_informed": self.takes_labels,
             "epochs": st.epochs_done,
             "steps": st.steps_done,
             "train_seconds": st.train_seconds,
@@ -490,8 +513,10 @@ class Engine:
         for key in ("fraction_dead", "active_per_input", "gaba_switched"):
             if last.get(key) is not None:
                 summary[key] = last[key]
+        if task_incremental:
+            summary["final_class_incremental_accuracy"] = float(np.mean(st.R[-1]))
         save_checkpoint(rd.model_path, self.checkpoint_payload(full=False))
-        rd.write_matrix(st.R, self.task_labels)
+        rd.write_matrix(R.tolist(), self.task_labels)
         if self.cfg.output.plots:
             self.write_plots()
         rd.write_summary(summary)
@@ -502,8 +527,9 @@ class Engine:
 
         rd = self.run_dir
         rd.plots_dir.mkdir(exist_ok=True)
-        E = self.cfg.train.epochs_per_task
-        boundaries = [E * (i + 1) for i in range(len(self.tasks) - 1)]
+        # a task ends at its last evaluation (tasks may end before train.epochs_per_task epochs)
+        task_end = {h["task"]: h["epoch"] for h in self.state.history}
+        boundaries = [task_end[i] for i in range(len(self.tasks) - 1) if i in task_end]
         # future tasks (evaluated at task ends for the full matrix) are not drawn before they are trained
         hist = [{"epoch": h["epoch"], "task_accuracy": [a if j <= h["task"] else None for j, a in enumerate(h["task_accuracy"])]
                  + [None] * (len(self.tasks) - len(h["task_accuracy"]))} for h in self.state.history]

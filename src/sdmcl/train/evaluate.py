@@ -6,6 +6,9 @@ matrix products in chunks of `train.eval_batch_size`. One evaluation gives, for 
 `num_tasks` tasks: class-incremental accuracy (argmax over every class), task-aware
 accuracy (argmax among the classes of the sample's own task), and the mean number of
 hidden units > 0 per input (models with `forward_with_hidden`).
+
+Models that declare `takes_labels` (models/base.py) get each test sample's true label too:
+their accuracy is label-informed, not a prediction from the input alone.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from sdmcl.data.benchmarks import Task
 
 
 class Evaluator:
-    def __init__(self, tasks: list[Task], num_classes: int, device: torch.device, prepare_inputs=None):
+    def __init__(self, tasks: list[Task], num_classes: int, device: torch.device, prepare_inputs=None,
+                 takes_labels: bool = False):
         self.device = device
+        self.takes_labels = takes_labels
         self.test_x = torch.cat([t.test_x for t in tasks])
         if prepare_inputs is not None:
             with torch.no_grad():
@@ -49,6 +54,8 @@ class Evaluator:
         for s in range(0, end, batch_size):
             e = min(s + batch_size, end)
             x = self.test_x[s:e]
+            if self.takes_labels:
+                kw = {**self.forward_kwargs, "labels": self.test_y[s:e]}
             if has_hidden:
                 logits, h = model.forward_with_hidden(x, **kw)
                 # units > 0, counted per row in float32 (exact) and summed in float64; on
