@@ -210,6 +210,8 @@ class Engine:
         self.forward_kwargs = {"prepared": True} if self.prepare_inputs is not None else {}
         # label-informed models get the true labels in training and evaluation (models/base.py)
         self.takes_labels = bool(getattr(self.model, "takes_labels", False))
+        # task-incremental models are scored with the task given at test time (task-aware accuracy)
+        self.task_incremental = bool(getattr(self.model, "task_incremental", False))
         self._train_inputs: tuple[int, torch.Tensor] | None = None  # (task index, its prepared inputs)
         self.evaluator = Evaluator(self.tasks, prepared.num_classes, self.device, self.prepare_inputs,
                                    takes_labels=self.takes_labels)
@@ -472,8 +474,11 @@ class Engine:
                 cb.on_task_end(self, task, entry)
             if bar is not None:
                 bar.close()
+            accs = entry["task_aware_accuracy" if self.task_incremental else "task_accuracy"]
+            seen_avg = sum(accs[: task.index + 1]) / (task.index + 1)
             self.log(f"after task {task.index + 1}/{len(self.tasks)} [{task.name}]: "
-                     + " ".join(f"{a:.3f}" for a in entry["task_accuracy"]) + f"  seen avg {entry['seen_average_accuracy']:.3f}")
+                     + " ".join(f"{a:.3f}" for a in accs) + f"  seen avg {seen_avg:.3f}"
+                     + ("  (task-aware: task-incremental)" if self.task_incremental else ""))
             self.save()
             if self.stop_signal is not None and task.index + 1 < len(self.tasks):
                 raise StopRequested()
@@ -488,8 +493,7 @@ class Engine:
 
     def finish(self) -> dict:
         st, rd = self.state, self.run_dir
-        # task-incremental models are scored with the task given at test time (task-aware accuracy)
-        task_incremental = bool(getattr(self.model, "task_incremental", False))
+        task_incremental = self.task_incremental
         R = np.array(st.R_task_aware if task_incremental else st.R)
         summary = {
             "name": self.cfg.name,
