@@ -170,6 +170,7 @@ def test_run_directory_in_use(tmp_path, capsys):
 
     def hold():
         with rd.locked():
+            rd.create(parse_config(cfg_dict))
             ready.set()
             release.wait(30)
 
@@ -177,9 +178,15 @@ def test_run_directory_in_use(tmp_path, capsys):
     holder.start()
     try:
         assert ready.wait(30)
-        assert main(["run", str(path)]) == 2
+        # a launcher skips a run another process is training, with a note ...
+        assert main(["run", str(path)]) == 0
+        captured = capsys.readouterr()
+        assert f"skipped, in use by process {holder.pid}" in captured.out and "1 run(s) skipped" in captured.err
+        assert not rd.is_finished()
+        # ... and resuming that very directory is an error
+        assert main(["run", "--resume", str(rd.path)]) == 2
         err = capsys.readouterr().err
-        assert f"in use by process {holder.pid}" in err
+        assert f"in use by process {holder.pid}" in err and err.count("\n") == 1
     finally:
         release.set()
         holder.join()
@@ -196,7 +203,7 @@ def test_disk_full_stops_cleanly_and_keeps_last_checkpoint(tmp_path, capsys, mon
 
     def fsync(fd):
         calls.append(fd)
-        if len(calls) > 3:  # config, then a couple of good checkpoints; then the disk is full
+        if len(calls) > 5:  # config and provenance.json, then a good checkpoint; then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 

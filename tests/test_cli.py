@@ -27,7 +27,8 @@ def test_run_experiment_prints_per_task_and_table(tmp_path, capsys):
     }))
     assert main(["run", str(cfg), "--no-progress", "optim.lr=0.1"]) == 0
     out = capsys.readouterr().out
-    assert "sdm: final per-task accuracy" in out and "relu: final average accuracy" in out
+    assert "after task 5/5" in out  # per-task lines
+    assert "[1/2] relu (seed 0): finished, final avg acc" in out and "[2/2] sdm (seed 0): finished" in out
     assert "final avg acc %" in out  # the comparison table
     assert len(list((tmp_path / "runs").iterdir())) == 2
 
@@ -53,3 +54,36 @@ def test_every_shipped_experiment_validates():
     assert len(files) >= 5
     for path in files:
         assert load_experiment(path), path
+
+
+def test_messages_suggest_only_flags_that_exist():
+    """Every --flag written in sdmcl's messages and help is an option of some command."""
+    import argparse
+    import ast
+    import re
+
+    from sdmcl.cli import build_parser
+
+    known = set()
+    parsers = [build_parser()]
+    while parsers:
+        p = parsers.pop()
+        for action in p._actions:
+            known.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    used = {}
+    for path in (ROOT / "src/sdmcl").rglob("*.py"):
+        if path.name == "provenance.py":  # git's own options
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)  # may name other tools' flags
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", node.value):
+                    used.setdefault(flag, path.name)
+    assert used, "the scan found no flags at all"
+    unknown = {f: where for f, where in used.items() if f not in known}
+    assert not unknown, unknown

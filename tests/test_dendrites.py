@@ -170,7 +170,7 @@ def test_label_informed_runs_are_marked_and_scored_with_labels(tmp_path, capsys)
     assert summary["final_task_accuracy"] == pytest.approx(final, abs=1e-6)
     print_run("dendrites-ref", rd, summary)
     assert "dendrites-ref [label-informed]: final average accuracy" in capsys.readouterr().out
-    assert "dendrites-ref [label-informed]" in comparison_table([("dendrites-ref", summary)])
+    assert "run [label-informed]" in comparison_table([(cfg, summary)])
 
 
 def test_true_class_context_refuses_regularizers():

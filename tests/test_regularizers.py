@@ -135,3 +135,99 @@ def test_state_dict_round_trip(reg_cls, cfg):
 def test_negative_lambda_rejected(cfg):
     with pytest.raises(ConfigError, match="regularizer.lam"):
         cfg.check()
+
+
+# ---------------------------------------------------------------- the reference's normalisations
+
+
+def ce_grad_by_hand(W, x, target, beta):
+    """∇_W Σ_i CE(β·W x_i, t_i) = β Σ_i (softmax(β W x_i) − e_{t_i}) x_iᵀ (written out, no autograd)."""
+    z = beta * (x @ W.T)
+    p = torch.softmax(z, 1)
+    p[torch.arange(len(x)), target] -= 1
+    return beta * p.T @ x
+
+
+def partition(task, batches, size, name):
+    """The batches the regularizer draws (a seeded permutation of the task, cut in order)."""
+    from sdmcl.regularizers.base import task_batches
+
+    return task_batches(task, batches, size, (name, task.index))
+
+
+def test_ewc_reference_normalisation_divides_by_five_of_six_batches():
+    W = torch.tensor([[0.5, -1.0], [2.0, 0.3]])
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0], [0.5, 0.5], [-1.0, 2.0]])
+    task = task_of(x.tolist(), [0, 1, 0, 1, 0, 1])
+    beta = 0.5
+    # the reference: Σ over its batches of (batch-sum gradient)², divided by (batches − 1)·batch size;
+    # here 3 batches of 2 → divided by 2·2 = 4 (the mean divides by the 6 samples used)
+    total = torch.zeros(2, 2)
+    for xb, _ in partition(task, 3, 2, "ewc"):
+        total += ce_grad_by_hand(W, xb, (xb @ W.T).argmax(1), beta) ** 2
+    model = linear(W.tolist())
+    ref = EWC(EWCConfig(beta=beta, fisher_batches=3, fisher_batch_size=2, normalization="reference"), model)
+    ref.on_task_end(model, task)
+    assert torch.allclose(ref.fishers[0][0], total / 4, atol=1e-6)
+    mean = EWC(EWCConfig(beta=beta, fisher_batches=3, fisher_batch_size=2), model)
+    mean.on_task_end(model, task)
+    assert torch.allclose(mean.fishers[0][0], total / 6, atol=1e-6)
+
+
+def test_ewc_reference_normalisation_ignores_a_small_task():
+    # 5 samples, 6 batches of 2 asked: 3 batches used (2, 2, 1); the reference still divides
+    # by 5·2 = 10 (on Split CIFAR-100's 1,000-image tasks: by 2,560 for 1,000 samples)
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x = torch.tensor([[1.0, 0.2], [0.1, 1.0], [1.0, 1.5], [2.0, 0.0], [0.0, 0.5]])
+    task = task_of(x.tolist(), [0, 1, 0, 1, 0])
+    total = torch.zeros(2, 2)
+    for xb, _ in partition(task, 6, 2, "ewc"):
+        total += ce_grad_by_hand(W, xb, (xb @ W.T).argmax(1), 1.0) ** 2
+    for normalization, divisor in (("reference", 10), ("mean", 5)):
+        reg = EWC(EWCConfig(beta=1.0, fisher_batch_size=2, normalization=normalization), linear(W.tolist()))
+        reg.on_task_end(linear(W.tolist()), task)
+        assert torch.allclose(reg.fishers[0][0], total / divisor, atol=1e-6)
+
+
+def test_ewc_reference_normalisation_needs_two_batches():
+    with pytest.raises(ConfigError, match="regularizer.fisher_batches"):
+        EWCConfig(fisher_batches=1, normalization="reference").check()
+
+
+def test_mas_reference_normalisation_divides_by_the_tasks_batches():
+    W = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    x = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 1.0], [1.0, -1.0], [0.5, 2.0]])
+    task = task_of(x.tolist(), [0, 1, 0, 1, 0])
+    # ∂ mean_{B×C}(z²)/∂W = (2/(B·C)) Σ_i z_i x_iᵀ; |·| summed over the 2 batches used, divided by
+    # the number of batches of 2 in the 5-sample task, ⌈5/2⌉ = 3 (the mean divides by the 2 used)
+    total = torch.zeros(2, 2)
+    for xb, _ in partition(task, 2, 2, "mas"):
+        z = xb @ W.T
+        total += (2 / z.numel() * z.T @ xb).abs()
+    for normalization, divisor in (("reference", 3), ("mean", 2)):
+        reg = MAS(MASConfig(batches=2, batch_size=2, normalization=normalization), linear(W.tolist()))
+        reg.on_task_end(linear(W.tolist()), task)
+        assert torch.allclose(reg.importance[0], total / divisor, atol=1e-6)
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_si_reference_gradient_leak_adds_the_beta_ce_gradient_to_the_step(leak):
+    W = [[0.5, -0.2], [0.1, 0.4]]
+    m = linear(W)
+    beta = 0.5
+    reg = SI(SIConfig(beta=beta, reference_gradient_leak=leak), m)
+    x, y = torch.tensor([[1.0, 2.0], [0.5, -1.0], [2.0, 0.0]]), torch.tensor([0, 1, 1])
+    logits = m(x)
+    F.cross_entropy(logits, y).backward(retain_graph=True)
+    reg.before_step(m, logits, y)
+    Wt = torch.tensor(W)
+    clean = ce_grad_by_hand(Wt, x, y, 1.0) / 3  # ∇ of the mean CE
+    si_term = ce_grad_by_hand(Wt, x, y, beta)  # ∇ Σ CE(β·logits)
+    expected = clean + si_term if leak else clean
+    assert torch.allclose(m.weight.grad, expected, atol=1e-6)
+    # the path integral uses the β-CE gradient alone either way
+    assert torch.allclose(reg._grads[0], si_term, atol=1e-6)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    opt.step()
+    reg.after_step(m)
+    assert torch.allclose(reg.w[0], -si_term * (-0.1 * expected), atol=1e-6)

@@ -13,7 +13,7 @@ import yaml
 
 from sdmcl.train.checkpoint import load_checkpoint
 
-TIME_FIELDS = {"train_seconds", "seconds_per_epoch"}
+TIME_FIELDS = {"train_seconds", "seconds_per_epoch", "provenance"}  # provenance: times, command line
 
 
 def write_config(tmp_path: Path, name: str, **extra) -> Path:

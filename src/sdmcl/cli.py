@@ -1,4 +1,4 @@
-"""`sdmcl` command line: run | compare | report | list | data.
+"""`sdmcl` command line: run | compare | report | list | data (global: --version, --import MODULE).
 
 Every mistake a user can make in a config, data file, checkpoint or output directory
 ends in one line on stderr and exit code 2; a diverged run exits with 3; a run stopped
@@ -15,7 +15,7 @@ from sdmcl.errors import DivergenceError, UserError
 
 
 def cmd_run(args) -> int:
-    from sdmcl.config import load_experiment, parse_config, read_yaml
+    from sdmcl.config import parse_config, read_yaml
 
     if args.resume:
         rd_path = Path(args.resume)
@@ -32,57 +32,111 @@ def cmd_run(args) -> int:
     else:
         if not args.config:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
-        runs = load_experiment(args.config, args.overrides)
+        from sdmcl.experiment import load
+
+        runs, notes = load(args.config, args.overrides, args.grid, args.only)
+        for note in notes:
+            print(f"note: {note}")
         resume = None
-    from sdmcl.launch import run_many
+    report = launch(runs, args, resume=resume)
+    if len(report.results) > 1:
+        print()
+        print(results_table(report))
+    return finish_launch(report)
+
+
+def launch(runs, args, resume=None):
+    """run_many with the launch options of the command line."""
+    from sdmcl.launch import parse_shard, run_many
+
+    return run_many(runs, resume=resume, progress=not args.no_progress, jobs=args.jobs, backend=args.backend,
+                    address=args.address, shard=parse_shard(args.shard), rerun=args.rerun,
+                    oversubscribe=args.oversubscribe, gpus_per_run=args.gpus_per_run)
+
+
+def results_table(report) -> str:
     from sdmcl.report import comparison_table
 
-    results = run_many(runs, resume=resume, progress=not args.no_progress)
-    if len(results) > 1:
-        print()
-        print(comparison_table(results))
-    return 0
+    # rows group runs by config (not by label), exactly as `sdmcl report` does
+    table = comparison_table(report.config_results)
+    if report.shard is not None:
+        table += (f"\n(shard {report.shard[0]}/{report.shard[1]}: only this launcher's runs; "
+                  "once every shard is done, `sdmcl report` on the output directory tables them all)")
+    return table
+
+
+def finish_launch(report) -> int:
+    """Notes on runs that did not finish here; exit 3 if one diverged."""
+    skipped = report.with_status("skipped")
+    if skipped:
+        print(f"sdmcl: {len(skipped)} run(s) skipped, in use by other processes: "
+              + ", ".join(o.run_dir for o in skipped) + "; run the command again once they finish", file=sys.stderr)
+    diverged = report.with_status("diverged")
+    for o in diverged:
+        print(f"sdmcl: {o.label} (seed {o.seed}): {o.message}", file=sys.stderr)
+    return 3 if diverged else 0
 
 
 def cmd_compare(args) -> int:
     from sdmcl.config import load_experiment
 
+    from sdmcl.report import parse_over
+
+    over = parse_over(args.over)
     runs = []
     for path in args.configs:
         overrides = list(args.overrides)
         if args.seeds:
             overrides.append("seeds=[" + ",".join(map(str, args.seeds)) + "]")
-        for label, cfg in load_experiment(path, overrides):
+        for label, cfg in load_experiment(path, overrides, args.grid, args.only):
             runs.append((label if label != cfg.name or len(args.configs) == 1 else Path(path).stem, cfg))
-    from sdmcl.launch import run_many
-    from sdmcl.report import comparison_table
+    from sdmcl.report import comparison
 
-    results = run_many(runs, progress=not args.no_progress)
+    report = launch(runs, args)
     print()
-    table = comparison_table(results)
+    # rows group runs by config (not by label or file), exactly as `sdmcl report` does
+    table, notes = comparison(report.config_results, over=over, fmt=args.format, per_task=args.per_task)
+    if report.shard is not None:
+        notes = (notes + "\n" if notes else "") + (f"(shard {report.shard[0]}/{report.shard[1]}: only this launcher's runs)")
     print(table)
+    if notes:
+        print("\n" + notes, file=sys.stdout if args.format in ("text", "markdown") else sys.stderr)
     if args.out:
         Path(args.out).write_text(table + "\n")
-    return 0
+    return finish_launch(report)
 
 
 def cmd_report(args) -> int:
-    from sdmcl.report import report_run_dirs
+    from sdmcl.report import build_table, parse_over, render_problems, render_table, report_runs, write_report
 
-    print(report_run_dirs(args.run_dirs))
+    over = parse_over(args.over)
+    groups, problems = report_runs(args.paths, over)
+    if not groups:
+        notes = render_problems(problems)
+        if notes:
+            print(notes, file=sys.stderr)
+        raise UserError("no finished run among " + " ".join(args.paths) + (" (see the list above)" if notes else ""))
+    written = write_report(groups, problems, args.out, over, args.per_task, args.paths) if args.out else {}
+    print(render_table(build_table(groups, args.per_task, over), args.format))
+    notes = render_problems(problems, args.format)
+    if notes:
+        # below a text or Markdown table; CSV and LaTeX stay machine-readable, so the list goes to stderr
+        print("\n" + notes, file=sys.stdout if args.format in ("text", "markdown") else sys.stderr)
+    if written:
+        print(f"\nreport: {written['html']} (tables, figures)", file=sys.stderr)
     return 0
 
 
 def cmd_list(args) -> int:
-    from sdmcl.data.sources import SOURCES
     from sdmcl.models.topk import K_APPROACHES
-    from sdmcl.registry import MODELS, REGULARIZERS, load_all
-    from sdmcl.train.optim import OPTIMIZERS
+    from sdmcl.registry import DATA_SOURCES, LOGGERS, MODELS, REGULARIZERS, load_all
+    from sdmcl.train.optim import OPTIMIZERS, SCHEDULES
 
     load_all()
     print("models:")
     for name, e in sorted(MODELS.items()):
         print(f"  {name:<14} {e.summary}")
+    print("oracle (upper bound): joint training, every class in one task: benchmark.joint=true with any model")
     print("k approaches: " + ", ".join(K_APPROACHES))
     print("regularizers:")
     for name, e in sorted(REGULARIZERS.items()):
@@ -90,9 +144,15 @@ def cmd_list(args) -> int:
     print("optimizers:")
     for name, desc in OPTIMIZERS.items():
         print(f"  {name:<14} {desc}")
+    print("learning-rate schedules (optim.schedule):")
+    for name, desc in SCHEDULES.items():
+        print(f"  {name:<14} {desc}")
     print("data sources (benchmarks are any source split into tasks of benchmark.classes_per_task classes):")
-    for name, info in SOURCES.items():
+    for name, info in DATA_SOURCES.items():
         print(f"  {name:<14} {info.description}")
+    print("loggers (output.loggers; metrics.jsonl and accuracy_matrix.csv are always written):")
+    for name, e in sorted(LOGGERS.items()):
+        print(f"  {name:<14} {e.summary}" + (f" [pip install 'sdmcl[{e.extra}]']" if e.extra else ""))
     exp_dir = Path(__file__).resolve().parents[2] / "experiments"
     if exp_dir.is_dir():
         print(f"experiments ({exp_dir}):")
@@ -102,15 +162,43 @@ def cmd_list(args) -> int:
     return 0
 
 
+def add_launch_options(p: argparse.ArgumentParser) -> None:
+    """Which runs of an experiment, and where they train."""
+    g = p.add_argument_group("which runs")
+    g.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
+                   help="only runs whose label, variant or grid value matches a glob (e.g. 'sdmlp*' 'k=5')")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="one run per value (repeat for a cross product), e.g. --grid model.k=1,5,10")
+    g.add_argument("--shard", metavar="I/N", help="take runs I, I+N, I+2N, ... (launchers 0/N ... N-1/N share an experiment)")
+    g.add_argument("--rerun", action="store_true", help="train finished runs again from the start")
+    g = p.add_argument_group("where they train")
+    g.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at once in N local processes (threads divided among them)")
+    g.add_argument("--oversubscribe", action="store_true", help="allow --jobs × train.threads above the core count")
+    g.add_argument("--backend", choices=["local", "ray"], default="local", help="ray: one Ray task per run")
+    g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start Ray on this machine)")
+    g.add_argument("--gpus-per-run", type=float, metavar="G",
+                   help="Ray: GPUs each run asks for (default 1 if train.device is cuda, or auto on a cluster with GPUs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from sdmcl import __version__
+    from sdmcl.report import FORMATS
+
     ap = argparse.ArgumentParser(prog="sdmcl", description="Continual learning with Sparse Distributed Memory MLPs")
+    ap.add_argument("--version", action="version", version=f"sdmcl {__version__}")
+    ap.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                    help="import a module that registers models, regularizers, data sources or loggers "
+                         "(repeatable; the current directory is searched first)")
     sub = ap.add_subparsers(dest="command", required=True)
+    over_help = ("keys averaged over within a row, comma-separated: dotted config keys, or class_order "
+                 "(= benchmark.class_order,benchmark.class_order_seed); default: seed")
 
     r = sub.add_parser("run", help="train a config (or every variant × seed of an experiment file)")
     r.add_argument("config", nargs="?", help="YAML config or experiment file")
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.k=5 train.epochs_per_task=50 seeds=[0,1,2]")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_launch_options(r)
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compare", help="run several configs × seeds and print one table (mean ± s.e.m.)")
@@ -118,11 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, nargs="+", help="seeds for every config")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every config")
     c.add_argument("--out", help="also write the table to this file")
+    c.add_argument("--over", default=None, metavar="KEYS", help=over_help)
+    c.add_argument("--format", choices=FORMATS, default="text", help="table format (default: text)")
+    c.add_argument("--per-task", action="store_true", help="also a column of final accuracy per task")
     c.add_argument("--no-progress", action="store_true")
+    add_launch_options(c)
     c.set_defaults(func=cmd_compare)
 
-    rep = sub.add_parser("report", help="table of finished runs")
-    rep.add_argument("run_dirs", nargs="+")
+    rep = sub.add_parser("report", help="table (and figures, report.html) of finished runs, grouped by config")
+    rep.add_argument("paths", nargs="+", metavar="PATH",
+                     help="run directories, directories to search recursively, or glob patterns (quote them)")
+    rep.add_argument("--over", default=None, metavar="KEYS", help=over_help)
+    rep.add_argument("--format", choices=FORMATS, default="text", help="table format (default: text)")
+    rep.add_argument("--per-task", action="store_true", help="also a column of final accuracy per task")
+    rep.add_argument("--out", metavar="DIR", help="write the tables, figures and report.html into DIR")
     rep.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="models, k approaches, regularizers, optimizers, data sources, experiments")
@@ -149,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     from sdmcl.train.engine import StopRequested
 
     try:
+        from sdmcl.plugins import import_modules
+
+        import_modules(args.imports)
         handler = getattr(args, "func", None) or args.handler
         return handler(args) or 0
     except UserError as e:
@@ -157,13 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"sdmcl: error: {e}", file=sys.stderr)
         return e.exit_code
-    except StopRequested:
-        print("sdmcl: stopped by signal; a checkpoint was written. Resume with the same command, or `sdmcl run --resume RUN_DIR`.",
-              file=sys.stderr)
+    except StopRequested as e:
+        dirs = e.run_dirs or ["RUN_DIR"]
+        print("sdmcl: stopped by signal; a checkpoint was written. Resume with the same command, or "
+              + "; ".join(f"`sdmcl run --resume {d}`" for d in dirs) + ".", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("sdmcl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
+        sys.stdout = None
+        return 0
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ against the dataclass that the chosen model or regularizer declares (see `regist
 so every method's defaults live beside its code. Every mistake raises `ConfigError` with a
 one-line message naming the dotted key, what is wrong and how to fix it.
 
-An *experiment* file is a run config plus two optional top-level keys:
-`seeds: [0, 1, 2]` (one run per seed) and `variants: {label: {dotted.key: value, ...}}`
-(one run per variant, each the base config with its overrides).
+An *experiment* file is a run config plus optional top-level keys: `seeds: [0, 1, 2]`
+(one run per seed), `variants: {label: {dotted.key: value, ...}}` (one run per variant) and
+`grid: {dotted.key: [values]}` (the cross product); `experiment.py` expands them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from sdmcl.errors import ConfigError
-from sdmcl.registry import MODELS, REGULARIZERS, load_all
+from sdmcl.registry import LOGGERS, MODELS, REGULARIZERS, load_all
 
 
 @dataclass
@@ -33,7 +33,7 @@ class DataConfig:
     source: str = "digits"  # mnist | fashion-mnist | cifar10 | cifar100 | digits | embeddings
     path: str | None = None  # directory (or embedding file) holding the original files
     data_dir: str | None = None  # download cache; default $SDMCL_DATA_DIR or ~/.cache/sdmcl
-    pixel_scale: Literal["unit", "raw255"] = "unit"  # [0,1], or the reference's raw [0,255]
+    pixel_scale: Literal["unit", "raw255"] = "unit"  # [0,1] (the reference divides by 255 at load too), or raw [0,255]
     download: bool = True
 
 
@@ -51,8 +51,11 @@ class OptimConfig:
     name: Literal["sgd", "sgdm", "adam", "rmsprop", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9  # sgdm only
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # null: 0.001 for adamw (the reference's default), 0 for the others
     grad_clip: float | None = 1.0  # max global gradient norm; null disables
+    schedule: Literal["constant", "onecycle", "warmup_cosine"] = "constant"  # learning-rate schedule (train/optim.py)
+    warmup_epochs: float = 0.0  # linear warm-up from 0 (constant, warmup_cosine)
+    schedule_span: Literal["run", "task"] = "run"  # the schedule spans the whole run, or restarts with each task
 
 
 @dataclass
@@ -64,7 +67,25 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads; null = torch's default
     flush_denormal: bool = True  # CPU: treat floats below 1e-38 as 0 (denormals make matmuls ~10% slower)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # mixed precision (CUDA, image models): autocast, + loss scaling for fp16
+    restart_k_schedule: bool = False  # with init_from: k schedules restart at epoch 0 instead of continuing the pretraining's count
     validation_fraction: float = 0.0  # share of each task's training data held out for validation (NISPA: 0.1); 0 = none
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation of image batches (data/augment.py), in the reference's order:
+    random resized crop, horizontal flip, RandAugment, colour jitter, random erasing. The
+    defaults of the strengths are the reference's ConvMixer settings."""
+
+    enabled: bool = False
+    crop_scale: float = 1.0  # random resized crop (square): area fraction drawn from [crop_scale, 1]; 1 = no crop
+    flip: float = 0.5  # probability of a horizontal flip
+    randaugment_ops: int = 2  # RandAugment: operations per image (0 = off)
+    randaugment_magnitude: int = 12  # RandAugment magnitude bin, 0..30
+    jitter: float = 0.0  # colour jitter: brightness, contrast and saturation factors in [1 - j, 1 + j]
+    erase_prob: float = 0.0  # random erasing: probability per image
+    erase_value: float | list[float] = 0.0  # fill of erased pixels (one value, or one per channel)
 
 
 @dataclass
@@ -73,6 +94,8 @@ class OutputConfig:
     checkpoint_every: int = 0  # epochs; 0 = at task ends only
     plots: bool = True
     progress: bool = True
+    loggers: list[str] = field(default_factory=list)  # tensorboard | wandb (metrics.jsonl/csv are always written)
+    wandb_project: str = "sdmcl"
 
 
 @dataclass
@@ -84,6 +107,7 @@ class RunConfig:
     model: Any = None  # the chosen model's declared config dataclass
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     regularizer: Any = None  # the chosen regularizer's declared config dataclass
     output: OutputConfig = field(default_factory=OutputConfig)
     init_from: str | None = None  # pretrained checkpoint: new head, GABA counters kept
@@ -92,15 +116,23 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def stamp(self) -> str:
-        """Stable hash of everything that determines the results (not where they go)."""
-        blob = json.dumps(result_identity(self.to_dict()), sort_keys=True, separators=(",", ":"))
+        """Stable hash of everything that determines the results (not where they go, nor where
+        the data lies: the content of the user's data files stands in for their path)."""
+        from sdmcl.data.fingerprint import content_id
+
+        identity = result_identity(self.to_dict())
+        content = content_id(self.data.source, self.data.path, self.data.data_dir)
+        if content is not None:
+            identity["data"]["content"] = content
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 # Keys of a resolved config that do not change what a run computes: where outputs and data
 # live, how many threads run it, how evaluation is chunked. The run stamp and the grouping of
-# runs into table rows ignore them.
-NON_RESULT_KEYS = ("output", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download")
+# runs into table rows ignore them. (`data.path` is replaced in the stamp by a hash of the
+# files' content where the source has no pinned checksums: data/fingerprint.py.)
+NON_RESULT_KEYS = ("output", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download", "data.path")
 
 
 def result_identity(d: dict) -> dict:
@@ -116,7 +148,23 @@ def result_identity(d: dict) -> dict:
     return d
 
 
-EXPERIMENT_KEYS = ("seeds", "variants")
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: {'model': {'k': 5}} → {'model.k': 5} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+EXPERIMENT_KEYS = ("seeds", "variants", "grid")
+
+# AdamW's weight decay when optim.weight_decay is not given: the reference's default for its
+# MLPs (`adamw_l2_loss_weight`; its ConvMixer used 0.005, set explicitly)
+ADAMW_DEFAULT_WEIGHT_DECAY = 0.001
 
 
 # ---------------------------------------------------------------- type checking
@@ -231,10 +279,12 @@ def parse_config(raw: dict) -> RunConfig:
     simple = {k: v for k, v in raw.items() if k in ("name", "seed", "init_from")}
     cfg = _build_dataclass(RunConfig, simple, "")
     for sec, cls in (("data", DataConfig), ("benchmark", BenchmarkConfig), ("optim", OptimConfig),
-                     ("train", TrainConfig), ("output", OutputConfig)):
+                     ("train", TrainConfig), ("augment", AugmentConfig), ("output", OutputConfig)):
         setattr(cfg, sec, _build_dataclass(cls, raw.get(sec), sec + "."))
+    if cfg.optim.weight_decay is None:  # resolved here, so config.yaml and every reader see the value used
+        cfg.optim.weight_decay = ADAMW_DEFAULT_WEIGHT_DECAY if cfg.optim.name == "adamw" else 0.0
     cfg.model = _registered_section(MODELS, raw.get("model"), "model", "sdmlp", "model")
-    if not getattr(MODELS[cfg.model.name].build, "uses_gradients", True) and cfg.optim != OptimConfig():
+    if not getattr(MODELS[cfg.model.name].build, "uses_gradients", True) and cfg.optim != OptimConfig(weight_decay=0.0):
         raise ConfigError(f"optim: model {cfg.model.name!r} learns without gradients and uses no optimizer; remove the optim settings")
     cfg.regularizer = _registered_section(REGULARIZERS, raw.get("regularizer"), "regularizer", "none", "regularizer")
     check(cfg)
@@ -263,6 +313,8 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.weight_decay: must be >= 0, got {cfg.optim.weight_decay}")
     if not 0 <= cfg.optim.momentum < 1:
         raise ConfigError(f"optim.momentum: must be in [0, 1), got {cfg.optim.momentum}")
+    check_schedule(cfg)
+    check_augment(cfg.augment)
     order = cfg.benchmark.class_order
     if isinstance(order, str) and order not in ("natural", "seeded"):
         raise ConfigError(f"benchmark.class_order: {order!r} is not 'natural', 'seeded' or a list of class ids")
@@ -281,9 +333,55 @@ def check(cfg: RunConfig) -> None:
     check_run = getattr(cfg.model, "check_run", None)  # a model's checks of settings outside its own section
     if check_run is not None:
         check_run(cfg)
+    check_loggers(cfg.output.loggers)
     gradient_free = not getattr(MODELS[cfg.model.name].build, "uses_gradients", True)
     if gradient_free and cfg.regularizer.name != "none":
         raise ConfigError(f"regularizer.name: {cfg.regularizer.name!r} needs gradients, but model {cfg.model.name!r} learns without them; use regularizer: {{name: none}}")
+
+
+def check_schedule(cfg: RunConfig) -> None:
+    o = cfg.optim
+    if not o.warmup_epochs >= 0:
+        raise ConfigError(f"optim.warmup_epochs: must be >= 0, got {o.warmup_epochs}")
+    if o.schedule == "onecycle" and o.warmup_epochs:
+        raise ConfigError("optim.warmup_epochs: onecycle warms up over its first 40% by itself; set warmup_epochs: 0")
+    if o.schedule_span == "task" and o.warmup_epochs > cfg.train.epochs_per_task:
+        raise ConfigError(f"optim.warmup_epochs: {o.warmup_epochs} exceeds the {cfg.train.epochs_per_task} epochs of a task")
+
+
+def check_augment(a: AugmentConfig) -> None:
+    if not 0 < a.crop_scale <= 1:
+        raise ConfigError(f"augment.crop_scale: must be in (0, 1], got {a.crop_scale}")
+    for key in ("flip", "erase_prob"):
+        if not 0 <= getattr(a, key) <= 1:
+            raise ConfigError(f"augment.{key}: a probability must be in [0, 1], got {getattr(a, key)}")
+    if a.randaugment_ops < 0:
+        raise ConfigError(f"augment.randaugment_ops: must be >= 0, got {a.randaugment_ops}")
+    if not 0 <= a.randaugment_magnitude <= 30:
+        raise ConfigError(f"augment.randaugment_magnitude: must be in 0..30 (RandAugment's 31 bins), got {a.randaugment_magnitude}")
+    if not 0 <= a.jitter < 1:
+        raise ConfigError(f"augment.jitter: must be in [0, 1), got {a.jitter}")
+    if isinstance(a.erase_value, list) and not a.erase_value:
+        raise ConfigError("augment.erase_value: the list is empty; give one value, or one per channel")
+
+
+def check_loggers(names: list[str]) -> None:
+    """Known logger names, each once, with their optional packages installed."""
+    import importlib.util
+
+    for i, name in enumerate(names):
+        if name not in LOGGERS:
+            near = difflib.get_close_matches(str(name), list(LOGGERS), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"output.loggers: unknown logger {name!r}{hint}; choose from {', '.join(sorted(LOGGERS))}")
+        if name in names[:i]:
+            raise ConfigError(f"output.loggers: {name!r} is listed twice")
+        entry = LOGGERS[name]
+        missing = [m for m in entry.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            how = f"pip install 'sdmcl[{entry.extra}]'" if entry.extra else f"pip install {missing[0]}"
+            raise ConfigError(f"output.loggers: {name!r} needs the {missing[0]} package, which is not installed; "
+                              f"{how}, or remove {name!r} from output.loggers")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -333,54 +431,12 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def expand_experiment(raw: dict, overrides: list[str] = ()) -> list[tuple[str, RunConfig]]:
-    """One (label, RunConfig) per variant × seed of an experiment dict."""
-    raw = json.loads(json.dumps(raw))  # deep copy, and a check that it is plain data
-    seeds = raw.pop("seeds", None)
-    variants = raw.pop("variants", None)
-    parsed_overrides = [parse_override(o) for o in overrides]
-    for key, value in parsed_overrides:
-        if key == "seeds":
-            seeds = value
-        else:
-            set_dotted(raw, key, value)
-    if seeds is None:
-        seeds = [raw.get("seed", 0)]
-    seeds = _coerce(seeds if isinstance(seeds, list) else [seeds], list[int], "seeds")
-    if not seeds:
-        raise ConfigError("seeds: the list is empty; give at least one seed or remove the key")
-    if variants is None:
-        variants = {raw.get("name", "run"): {}}
-    if not isinstance(variants, dict) or not variants:
-        raise ConfigError("variants: expected a mapping of label to overrides, e.g. {sdmlp: {model.name: sdmlp}}")
-    runs = []
-    for label, changes in variants.items():
-        if not isinstance(changes, dict):
-            raise ConfigError(f"variants.{label}: expected a mapping of dotted keys to values")
-        base = json.loads(json.dumps(raw))
-        for key, value in changes.items():
-            if key == "model" or key == "regularizer":
-                base[key] = value  # a whole section replaces the base one
-            else:
-                set_dotted(base, key, value)
-        # command-line overrides win over variant settings
-        for key, value in parsed_overrides:
-            if key != "seeds":
-                set_dotted(base, key, value)
-        base.setdefault("name", str(label))
-        if len(variants) > 1:
-            base["name"] = f"{raw.get('name', 'exp')}-{label}"
-        for seed in seeds:
-            run_raw = {**base, "seed": seed}
-            try:
-                cfg = parse_config(run_raw)
-            except ConfigError as e:
-                if len(variants) > 1:
-                    raise ConfigError(f"variant {label!r}: {e}") from None
-                raise
-            runs.append((str(label), cfg))
-    return runs
+def expand_experiment(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: list[str] = ()) -> list[tuple[str, RunConfig]]:
+    """One (label, RunConfig) per variant × grid point × seed of an experiment dict (see experiment.py)."""
+    from sdmcl.experiment import expand
+
+    return [(p.label, p.cfg) for p in expand(raw, overrides, grid, only)]
 
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> list[tuple[str, RunConfig]]:
-    return expand_experiment(read_yaml(path), overrides)
+def load_experiment(path: str | Path, overrides: list[str] = (), grid: list[str] = (), only: list[str] = ()) -> list[tuple[str, RunConfig]]:
+    return expand_experiment(read_yaml(path), overrides, grid, only)

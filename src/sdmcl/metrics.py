@@ -70,6 +70,19 @@ def forward_transfer(R, baseline) -> float:
     return float(np.mean([R[j - 1, j] - b[j] for j in range(1, T)]))
 
 
+def pooled_accuracy(task_accuracies, test_sizes) -> float:
+    """Σ_j a_j n_j / Σ_j n_j: correct predictions over all test samples of the tasks, each
+    task weighted by its test-set size n_j. After the last task this is the reference
+    implementation's `val/accuracy`; it equals the mean over tasks when all n_j are equal."""
+    a = np.asarray(task_accuracies, dtype=float)
+    n = np.asarray(test_sizes, dtype=float)
+    if a.shape != n.shape or a.size == 0:
+        raise ValueError(f"need one test size per task accuracy, got {a.size} accuracies and {n.size} sizes")
+    if n.sum() <= 0:
+        raise ValueError("the test sets are empty")
+    return float((a * n).sum() / n.sum())
+
+
 def summarize(R) -> dict:
     return {
         "final_average_accuracy": final_average_accuracy(R),
@@ -88,6 +101,19 @@ def fraction_dead(activation_counts, threshold: float = 0) -> float:
     """
     c = np.asarray(activation_counts)
     return float((c <= threshold).mean()) if c.size else 0.0
+
+
+REFERENCE_ACTIVE_THRESHOLD = 1e-4  # the reference's `active_threshold`
+
+
+def fraction_dead_by_activation(activation_sums, threshold: float = REFERENCE_ACTIVE_THRESHOLD) -> float:
+    """Fraction of neurons whose activation summed over a set of inputs is < `threshold`:
+    the reference implementation's definition of a dead neuron (threshold 1e-4), which it
+    applied to a training epoch (`fraction_dead_train_neurons`) and to the seen tasks'
+    test sets (`frac_dead_neurons_across_layer_val_dataset`). Unlike `fraction_dead`, a
+    neuron active only with tiny values (total < threshold) counts as dead."""
+    s = np.asarray(activation_sums, dtype=float)
+    return float((s < threshold).mean()) if s.size else 0.0
 
 
 def active_per_input(hidden) -> float:

@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from sdmcl.data.sources import SOURCES, cache_dir, cache_status, fetch, load_dataset
+from sdmcl.data.sources import SOURCES, available_sources, cache_dir, cache_status, fetch, load_dataset
 from sdmcl.errors import DataError
 
 
@@ -39,6 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def handle(args: argparse.Namespace) -> int:
+    available_sources()  # registers the sources of installed plugins
     if args.data_action == "path":
         print(cache_dir(args.data_dir))
     elif args.data_action == "list":

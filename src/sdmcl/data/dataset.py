@@ -12,8 +12,8 @@ class Dataset:
     """A labelled train/test split held as numpy arrays.
 
     `train_x`/`test_x` are float32 arrays of shape (N, *input_shape); pixels come in the
-    scale the source was asked for ([0, 1] by default, [0, 255] for the reference's raw
-    scale). Labels are int64 class ids in [0, num_classes).
+    scale the source was asked for ([0, 1] by default, as the reference; [0, 255] for
+    raw values). Labels are int64 class ids in [0, num_classes).
     """
 
     name: str

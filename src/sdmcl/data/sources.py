@@ -1,6 +1,9 @@
 """Data sources: where each data set comes from, how it is checked, and how it is loaded.
 
-`load_dataset(source, path, data_dir, pixel_scale, download)` returns a `Dataset`. With
+Every source is a `DataSource` object registered by name in `sdmcl.registry.DATA_SOURCES`
+(`register_data_source`), like models and regularizers: a plugin adds its own without
+editing sdmcl (docs/api.md). `load_dataset(source, path, data_dir, pixel_scale, download)`
+asks the registered source for a `Dataset`. For the built-in sources: with
 `path`, the files are read from that directory (the original files, as published); without
 it, from the cache `data_dir` (default: $SDMCL_DATA_DIR, else ~/.cache/sdmcl), into which
 missing files are downloaded with pooch from the official URLs.
@@ -14,6 +17,8 @@ Checksums (which hash pins what):
   every batch file, extracted or read from the archive, is checked on every load against the
   md5 of the official (uncompressed) batch file, `CIFAR_MD5` (the values torchvision uses too).
 - digits ships inside scikit-learn; embeddings are the user's own files: nothing to pin.
+- ImageNet32 is not downloadable without an image-net.org account and no checksums are pinned:
+  every file's structure (dtype, shape, label range) is checked at load.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from sdmcl.data.cifar import CIFAR10, CIFAR100, CifarLayout, assemble, batch_dir
 from sdmcl.data.cifar import read_members_from_archive, read_members_from_dir
 from sdmcl.data.dataset import Dataset
 from sdmcl.data.idx import parse_idx, read_idx_bytes
+from sdmcl.data import imagenet32
 from sdmcl.errors import ConfigError, DataError
+from sdmcl.registry import DATA_SOURCES, register_data_source
 
 PIXEL_SCALES = ("unit", "raw255")
 DIGITS_TEST_FRACTION = 0.2
@@ -44,11 +51,17 @@ class RemoteFile:
     known_hash: str  # pooch's "md5:…" / "sha256:…" of the file as published (compressed)
 
 
-@dataclass(frozen=True)
-class SourceInfo:
-    name: str
-    description: str
-    kind: str  # "idx" | "cifar" | "digits" | "embeddings"
+@dataclass(eq=False)
+class DataSource:
+    """A data set sdmcl can load. Subclass it, implement `load`, and register an instance with
+    `sdmcl.registry.register_data_source`; `data.source: <name>` then selects it.
+
+    `files` (official downloads) and `system_dirs` (where an OS package installs them) are
+    optional; `fetch` and `status` use them (`sdmcl data fetch`, `sdmcl data list`).
+    """
+
+    name: str = ""
+    description: str = ""
     files: tuple[RemoteFile, ...] = ()
     # directories where an OS package installs the original files (checked before downloading)
     system_dirs: tuple[str, ...] = ()
@@ -56,6 +69,86 @@ class SourceInfo:
     @property
     def urls(self) -> list[str]:
         return [f.urls[0] for f in self.files]
+
+    def load(self, path: str | None = None, data_dir: str | None = None, pixel_scale: str = "unit",
+             download: bool = True, checks: list[str] | None = None) -> Dataset:
+        """The data as a `Dataset` (arguments as in `load_dataset`)."""
+        raise NotImplementedError(f"data source {self.name!r} does not implement load()")
+
+    def missing_files(self, folder: Path) -> list[RemoteFile]:
+        """The official files not yet in `folder`."""
+        return [f for f in self.files if not (folder / f.name).is_file()]
+
+    def fetch(self, data_dir: str | None = None) -> Path:
+        """Download the missing official files into the cache (checked by pooch); return the folder."""
+        if not self.files:
+            raise DataError(f"{self.name}: nothing to download ({self.description})")
+        folder = cache_dir(data_dir) / self.name
+        _download(self, folder, self.missing_files(folder))
+        return folder
+
+    def status(self, data_dir: str | None = None) -> str:
+        """Where the files are, in a few words (`sdmcl data list`)."""
+        if not self.files:
+            return "loaded by its plugin"
+        folder = cache_dir(data_dir) / self.name
+        if not self.missing_files(folder):
+            return f"cached in {folder}"
+        for system_dir in map(Path, self.system_dirs):
+            if not self.missing_files(system_dir):
+                return f"installed in {system_dir} (used when the cache lacks it)"
+        return f"not downloaded (would go to {folder})"
+
+
+class IdxSource(DataSource):
+    """MNIST-style IDX files (gzipped or not), checked by the sha256 of their content."""
+
+    def load(self, path=None, data_dir=None, pixel_scale="unit", download=True, checks=None) -> Dataset:
+        return _load_idx(self, path, data_dir, pixel_scale, download, checks)
+
+    def missing_files(self, folder: Path) -> list[RemoteFile]:
+        return [f for f, stem in zip(self.files, IDX_STEMS) if _find_idx(folder, stem) is None]
+
+
+class CifarSource(DataSource):
+    """The CIFAR python pickles, extracted or in their archive, checked by md5."""
+
+    def load(self, path=None, data_dir=None, pixel_scale="unit", download=True, checks=None) -> Dataset:
+        return _load_cifar(self, path, data_dir, pixel_scale, download, checks)
+
+    def missing_files(self, folder: Path) -> list[RemoteFile]:
+        if folder.is_dir() and batch_dir(folder, CIFAR_LAYOUTS[self.name]):
+            return []  # already extracted there
+        return super().missing_files(folder)
+
+
+class DigitsSource(DataSource):
+    def load(self, path=None, data_dir=None, pixel_scale="unit", download=True, checks=None) -> Dataset:
+        return _load_digits(self, path, data_dir, pixel_scale, download, checks)
+
+    def status(self, data_dir=None) -> str:
+        return "bundled with scikit-learn"
+
+
+class ImageNet32Source(DataSource):
+    """Your copy of the downsampled-ImageNet release (data/imagenet32.py); never downloaded."""
+
+    def load(self, path=None, data_dir=None, pixel_scale="unit", download=True, checks=None) -> Dataset:
+        return _load_imagenet32(self, path, data_dir, pixel_scale, download, checks)
+
+    def status(self, data_dir=None) -> str:
+        folder = cache_dir(data_dir) / self.name
+        if not imagenet32.locate(folder)[2]:
+            return f"your copy, in {folder}"
+        return f"not in {folder} (copy the release there, or set data.path)"
+
+
+class EmbeddingsSource(DataSource):
+    def load(self, path=None, data_dir=None, pixel_scale="unit", download=True, checks=None) -> Dataset:
+        return _load_embeddings(self, path, data_dir, pixel_scale, download, checks)
+
+    def status(self, data_dir=None) -> str:
+        return "your files, given by data.path"
 
 
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -110,27 +203,39 @@ def _idx_files(mirrors: tuple[str, ...], md5s: tuple[str, ...]) -> tuple[RemoteF
     return tuple(RemoteFile(n, tuple(m + n for m in mirrors), "md5:" + md5) for n, md5 in zip(names, md5s))
 
 
-SOURCES: dict[str, SourceInfo] = {
-    "mnist": SourceInfo("mnist", "MNIST handwritten digits, 28x28 grey, 10 classes, 60000/10000", "idx",
-                        _idx_files(_MNIST_MIRRORS, _MNIST_GZ_MD5)),
-    "fashion-mnist": SourceInfo("fashion-mnist", "Fashion-MNIST clothing, 28x28 grey, 10 classes, 60000/10000", "idx",
-                                _idx_files(_FASHION_MIRRORS, _FASHION_GZ_MD5),
-                                system_dirs=("/usr/share/datasets/fashion-mnist",)),  # Debian: dataset-fashion-mnist
-    "cifar10": SourceInfo("cifar10", "CIFAR-10 photos, 3x32x32, 10 classes, 50000/10000", "cifar", (
+for _source in (
+    IdxSource("mnist", "MNIST handwritten digits, 28x28 grey, 10 classes, 60000/10000",
+              _idx_files(_MNIST_MIRRORS, _MNIST_GZ_MD5)),
+    IdxSource("fashion-mnist", "Fashion-MNIST clothing, 28x28 grey, 10 classes, 60000/10000",
+              _idx_files(_FASHION_MIRRORS, _FASHION_GZ_MD5),
+              system_dirs=("/usr/share/datasets/fashion-mnist",)),  # Debian: dataset-fashion-mnist
+    CifarSource("cifar10", "CIFAR-10 photos, 3x32x32, 10 classes, 50000/10000", (
         RemoteFile(CIFAR10.archive, ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
                    "sha256:6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),)),
-    "cifar100": SourceInfo("cifar100", "CIFAR-100 photos, 3x32x32, 100 fine classes, 50000/10000", "cifar", (
+    CifarSource("cifar100", "CIFAR-100 photos, 3x32x32, 100 fine classes, 50000/10000", (
         RemoteFile(CIFAR100.archive, ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
                    "sha256:85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"),)),
-    "digits": SourceInfo("digits", "scikit-learn's bundled 8x8 digits (0..16), 10 classes, seeded 80/20 split",
-                         "digits"),
-    "embeddings": SourceInfo("embeddings", "your feature files (e.g. the authors' ConvMixer embeddings), via data.path",
-                             "embeddings"),
-}
+    DigitsSource("digits", "scikit-learn's bundled 8x8 digits (0..16), 10 classes, seeded 80/20 split"),
+    ImageNet32Source("imagenet32", "downsampled ImageNet 3x32x32, 1000 classes, 1281167/50000 (your copy of "
+                     "the image-net.org release, via data.path or the cache directory)"),
+    EmbeddingsSource("embeddings", "your feature files (e.g. the authors' ConvMixer embeddings), via data.path"),
+):
+    register_data_source(_source)
+
+# Every registered source, built-in and from plugins (the registry itself, under its older name).
+SOURCES = DATA_SOURCES
+SourceInfo = DataSource  # older name
 
 
 def available_sources() -> list[str]:
-    return list(SOURCES)
+    _load_plugins()
+    return list(DATA_SOURCES)
+
+
+def _load_plugins() -> None:
+    from sdmcl.plugins import load_entry_points
+
+    load_entry_points()
 
 
 def cache_dir(data_dir: str | None = None) -> Path:
@@ -138,10 +243,12 @@ def cache_dir(data_dir: str | None = None) -> Path:
     return Path(data_dir or os.environ.get("SDMCL_DATA_DIR") or "~/.cache/sdmcl").expanduser()
 
 
-def source_info(source: str) -> SourceInfo:
-    if source not in SOURCES:
-        raise ConfigError(f"data.source: {source!r} is not a known source; choose one of {', '.join(SOURCES)}")
-    return SOURCES[source]
+def source_info(source: str) -> DataSource:
+    """The registered source of that name (plugins from entry points included)."""
+    _load_plugins()
+    if source not in DATA_SOURCES:
+        raise ConfigError(f"data.source: {source!r} is not a known source; choose one of {', '.join(DATA_SOURCES)}")
+    return DATA_SOURCES[source]
 
 
 def _one_line(err: Exception, limit: int = 160) -> str:
@@ -159,7 +266,7 @@ def _verify(file: str, what: str, actual: str, expected: str, checks: list[str] 
         checks.append(f"{file}: {what} matches the official file")
 
 
-def _download(info: SourceInfo, folder: Path, files: list[RemoteFile]) -> None:
+def _download(info: DataSource, folder: Path, files: list[RemoteFile]) -> None:
     """Fetch `files` into `folder`, trying each URL in turn; one-line DataError if one cannot be had."""
     for i, file in enumerate(files):
         reasons = []
@@ -173,12 +280,12 @@ def _download(info: SourceInfo, folder: Path, files: list[RemoteFile]) -> None:
             names = ", ".join(f.name for f in files[i:])
             raise DataError(
                 f"{info.name}: could not download {names} into {folder} ({reasons[-1]}); "
-                "copy the official files there (data.data_dir / --data-dir moves the cache), "
-                "or set data.path (--path) to a directory that holds them"
+                "copy the official files there (data.data_dir, or --data-dir of `sdmcl data`, moves the cache), "
+                "or set data.path to a directory that holds them"
             )
 
 
-def _missing(info: SourceInfo, folder: Path, names: list[str], user_path: bool) -> DataError:
+def _missing(info: DataSource, folder: Path, names: list[str], user_path: bool) -> DataError:
     where = f"{', '.join(names)} not found in {folder}"
     if user_path:
         return DataError(f"{info.name}: {where}; put the official files there, or unset data.path to download them")
@@ -440,8 +547,33 @@ def _load_embeddings(info, path, data_dir, pixel_scale, download, checks) -> Dat
     )
 
 
-# Each loader takes (info, path, data_dir, pixel_scale, download, checks): load_dataset's arguments.
-_LOADERS = {"idx": _load_idx, "cifar": _load_cifar, "digits": _load_digits, "embeddings": _load_embeddings}
+# ---- ImageNet32 ---------------------------------------------------------------------------
+
+
+def _load_imagenet32(info, path, data_dir, pixel_scale, download, checks) -> Dataset:
+    folder = Path(path).expanduser() if path else cache_dir(data_dir) / info.name
+    train, test, missing = imagenet32.locate(folder)
+    if missing:
+        names = ", ".join(missing) if len(missing) < 4 else f"{missing[0]}, ... ({len(missing)} files)"
+        raise DataError(
+            f"imagenet32: {names} not found in {folder} (or its subdirectories); download Imagenet32_train and "
+            "Imagenet32_val (pickle or npz) from image-net.org (an account is needed) and unpack them there"
+            + ("" if path else ", or set data.path to where they are")
+        )
+    divide_by = 255.0 if pixel_scale == "unit" else None
+    train_x, train_y = imagenet32.read_split(train, divide_by)
+    test_x, test_y = imagenet32.read_split([test], divide_by)
+    if checks is not None:
+        checks.extend(f"{f}: structure checked (no pinned checksum for this release)" for f in train + [test])
+    return Dataset(
+        name=info.name,
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=imagenet32.NUM_CLASSES,
+        input_shape=(3, imagenet32.SIDE, imagenet32.SIDE),
+    )
 
 
 def load_dataset(
@@ -457,42 +589,38 @@ def load_dataset(
     - `path`: a directory holding the original files (or, for embeddings, a file); never
       downloaded into. Without it, the cache `cache_dir(data_dir)/<source>` is used and missing
       files are downloaded when `download` is true.
-    - `pixel_scale`: "unit" → [0, 1] (uint8 / 255; digits / 16), "raw255" → [0, 255] floats,
-      the scale of the reference implementation. Embeddings are returned unscaled.
+    - `pixel_scale`: "unit" → [0, 1] (uint8 / 255; digits / 16), the reference implementation's
+      scale (it divides by 255 at load); "raw255" → [0, 255] floats. Embeddings are returned unscaled.
     - `checks`: if a list is given, one line per verified file is appended to it.
     """
     info = source_info(source)
     if pixel_scale not in PIXEL_SCALES:
         raise ConfigError(f"data.pixel_scale: {pixel_scale!r} is not one of {', '.join(PIXEL_SCALES)}")
-    return _LOADERS[info.kind](info, path, data_dir, pixel_scale, download, checks)
+    data = info.load(path=path, data_dir=data_dir, pixel_scale=pixel_scale, download=download, checks=checks)
+    check_dataset(data, source)
+    return data
+
+
+def check_dataset(data, source: str) -> None:
+    """The contract every source's `load` keeps (a plugin's too): DataError naming the breach."""
+    if not isinstance(data, Dataset):
+        raise DataError(f"data source {source!r} returned a {type(data).__name__}, not a sdmcl.data.dataset.Dataset")
+    for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+        if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+            raise DataError(f"data source {source!r}: {split}_x and {split}_y must be numpy arrays")
+        if len(x) != len(y) or y.ndim != 1:
+            raise DataError(f"data source {source!r}: {len(x)} {split} inputs but labels of shape {y.shape}")
+        if x.shape[1:] != tuple(data.input_shape):
+            raise DataError(f"data source {source!r}: {split} inputs of shape {x.shape[1:]}, input_shape says {data.input_shape}")
+        if y.size and (y.min() < 0 or y.max() >= data.num_classes):
+            raise DataError(f"data source {source!r}: {split} labels outside 0..{data.num_classes - 1}")
 
 
 def fetch(source: str, data_dir: str | None = None) -> Path:
     """Download the source's missing files into the cache (checked by pooch); return the folder."""
-    info = source_info(source)
-    if not info.files:
-        raise DataError(f"{source}: nothing to download ({info.description})")
-    folder = cache_dir(data_dir) / info.name
-    if info.kind == "idx":
-        missing = [f for f, stem in zip(info.files, IDX_STEMS) if _find_idx(folder, stem) is None]
-    elif folder.is_dir() and batch_dir(folder, CIFAR_LAYOUTS[info.name]):
-        missing = []  # already extracted there
-    else:
-        missing = [f for f in info.files if not (folder / f.name).is_file()]
-    _download(info, folder, missing)
-    return folder
+    return source_info(source).fetch(data_dir)
 
 
 def cache_status(source: str, data_dir: str | None = None) -> str:
     """Where the source's files are for `sdmcl data list`, in a few words."""
-    info = source_info(source)
-    if info.kind == "digits":
-        return "bundled with scikit-learn"
-    if info.kind == "embeddings":
-        return "your files, given by data.path"
-    folder = cache_dir(data_dir) / info.name
-    if info.kind == "idx":
-        have = all(_find_idx(folder, stem) for stem in IDX_STEMS)
-    else:
-        have = (folder / info.files[0].name).is_file() or (folder.is_dir() and batch_dir(folder, CIFAR_LAYOUTS[source]))
-    return f"cached in {folder}" if have else f"not downloaded (would go to {folder})"
+    return source_info(source).status(data_dir)

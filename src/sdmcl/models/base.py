@@ -1,7 +1,9 @@
 """What the engine expects of a model, and the config fields every model shares.
 
 A model is a `torch.nn.Module` whose `forward(x)` maps a batch of flattened inputs
-(B × d) to logits over all classes (B × C). It knows nothing of training loops; the
+(B × d) to logits over all classes (B × C). A builder that declares an `input_shape`
+parameter also receives one sample's shape, e.g. (C, H, W) for images (image models
+reshape the flat rows; `registry.build_model`). It knows nothing of training loops; the
 engine calls these optional hooks when it defines them:
 
 - `apply_constraints()`      after every optimizer step and once before training
@@ -23,11 +25,18 @@ engine calls these optional hooks when it defines them:
                              step changes only parameter rows with a non-zero gradient
                              (plain SGD, no weight decay, no regularizer), so the model may
                              send sparse COO gradients and constrain only the changed rows.
+- `embed(x)`                 image models (convmixer, convsdm): the features after global
+                             average pooling, before the head, (B × hdim). A finished run's
+                             `model.pt` carries its config; `train.checkpoint.load_model(path)`
+                             rebuilds the model with the registry, weights loaded, in eval
+                             mode, ready for `embed` (the embedding pipeline relies on it).
+
+Class attribute `supports_mixed_precision = True` lets `train.precision: bf16 | fp16` run
+the model's forward under CUDA autocast (the image models; the others train in fp32).
 
 - `on_epoch_end(task, epoch_in_task)`  after each training epoch of `task` (`epoch_in_task`
                              counts from 1), before that epoch's evaluation and checkpoint.
                              It and `on_task_start` may return a `TrainingRequest` (below).
-
 Models trained without gradients set `uses_gradients = False` and implement
 `fit_task(x, y)`: the engine calls it once per epoch with the task's training tensors.
 Model state that is not a parameter (GABA counters, masks) lives in registered buffers,

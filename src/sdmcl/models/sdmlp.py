@@ -3,7 +3,8 @@
 Forward for a batch x (B × d):  x ← relu(x) [positive_weights];  x ← x/‖x‖₂ [l2_norm];
 h = W₁x (no bias: rows of W₁ are neuron *addresses*);  a = TopK(h);  logits = W₂a (the
 *values*). After every optimizer step (and once at start) `apply_constraints` clamps all
-weights to ≥ 0 [positive_weights] and rescales each address row to unit L2 norm
+weights to ≥ 0 [positive_weights] — the biases of the bias ablations too, as the reference
+does, unless `positive_biases` is false — and rescales each address row to unit L2 norm
 [l2_norm]. Each SDM component can be switched off alone for ablations.
 """
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from sdmcl.errors import ConfigError
 from sdmcl.models.base import ModelConfig
-from sdmcl.models.topk import KApproach, TopK
+from sdmcl.models.topk import GabaCounting, KApproach, TopK
 from sdmcl.registry import register_model
 
 
@@ -27,12 +28,14 @@ class SDMLPConfig(ModelConfig):
     k: int = 10
     k_approach: KApproach = "gaba_switch"
     gaba_switch_activations: int = 5_000_000  # T: activations for g to go from −1 to +1
+    gaba_counting: GabaCounting = "training"  # training samples only | reference: also its evaluation and importance passes
     k_max: int | None = None  # start of the linear decay (default: all neurons)
     k_transition_epochs: int = 200
     l2_norm: bool = True  # L2-normalise inputs and address rows
     positive_weights: bool = True  # relu inputs, clamp weights ≥ 0
     bias: bool = False  # hidden-layer bias (ablation)
     output_bias: bool = False  # output-layer bias (ablation)
+    positive_biases: bool = True  # with positive_weights, clamp the biases ≥ 0 too (the reference); false: signed
     sparse_backward: bool = True  # compute address gradients only for neurons active in the batch
 
     def check(self) -> None:
@@ -73,6 +76,8 @@ class SDMLPFunction(torch.autograd.Function):
         # training samples per neuron active after Top-K (counted in training mode only);
         # without them the backward takes the dense path
         batch["active"] = topk.batch_active_counts if topk.training else None
+        if topk.training:  # summed activation per neuron, for the reference's dead-neuron statistic
+            batch["activation_sum"] = a.sum(0)
         ctx.batch = batch
         ctx.save_for_backward(x, addresses, values, r, a)
         return a @ values.T
@@ -109,10 +114,13 @@ class SDMLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.addresses = nn.Linear(input_dim, cfg.neurons, bias=cfg.bias)
-        self.topk = TopK(cfg.neurons, cfg.k, cfg.k_approach, cfg.k_max, cfg.k_transition_epochs, cfg.gaba_switch_activations)
+        self.topk = TopK(cfg.neurons, cfg.k, cfg.k_approach, cfg.k_max, cfg.k_transition_epochs, cfg.gaba_switch_activations,
+                         cfg.gaba_counting)
         self.values = nn.Linear(cfg.neurons, num_classes, bias=cfg.output_bias)
-        # training samples each neuron was active for since the engine last read it
+        # training samples each neuron was active for since the engine last read it, and
+        # the sum of its activations over them (the reference's dead-neuron statistic)
         self.register_buffer("activity_window", torch.zeros(cfg.neurons, dtype=torch.int64))
+        self.register_buffer("activation_window", torch.zeros(cfg.neurons, dtype=torch.float64))
         self.row_sparse_updates = False  # set by the engine, see set_row_sparse_updates
         self._last_batch: dict | None = None  # the sparse-backward record of the last training forward
         self.apply_constraints()
@@ -148,6 +156,7 @@ class SDMLP(nn.Module):
         a = self.topk.activate(self.addresses(x if prepared else self.prepare_inputs(x)).relu_())
         if self.training:
             self.activity_window += self.topk.batch_active_counts
+            self.activation_window += a.detach().sum(0)
         return a
 
     def forward(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
@@ -157,6 +166,7 @@ class SDMLP(nn.Module):
             logits = SDMLPFunction.apply(x, self.addresses.weight, self.values.weight, self.topk, batch)
             if self.training:
                 self.activity_window += batch["active"]
+                self.activation_window += batch["activation_sum"]
                 self._last_batch = batch
             return logits
         return self.values(self.hidden(x, prepared=True))
@@ -182,7 +192,11 @@ class SDMLP(nn.Module):
                 norms = torch.ones_like(norms).index_copy_(0, rows, norms.index_select(0, rows))
             w.div_(norms[:, None])
         if self.cfg.positive_weights:
-            self.values.weight.clamp_(min=0)  # biases (ablation only) stay signed, as in the reference
+            self.values.weight.clamp_(min=0)
+            if self.cfg.positive_biases:  # the reference clamps every parameter, biases included
+                for bias in (self.addresses.bias, self.values.bias):
+                    if bias is not None:
+                        bias.clamp_(min=0)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.topk.epoch = epoch
@@ -200,6 +214,13 @@ class SDMLP(nn.Module):
         if self.cfg.positive_weights:  # constrain only the new head: addresses stay bit-identical
             with torch.no_grad():
                 self.values.weight.clamp_(min=0)
+                if self.cfg.positive_biases and self.values.bias is not None:
+                    self.values.bias.clamp_(min=0)
+
+    @property
+    def rectifies_inputs(self) -> bool:
+        """True when the forward pass drops the negative part of its inputs (relu)."""
+        return self.cfg.positive_weights
 
 
 @register_model("sdmlp", SDMLPConfig, "SDMLP: L2-normalised, non-negative, bias-free Top-K MLP (GABA switch)")

@@ -12,12 +12,18 @@ gradient flows through the threshold). Approaches (SPEC §2):
   was active and T = `gaba_switch_activations`. At g = −1 every positive input excites
   its neuron (no dead neurons early); once all g = +1 the layer is exact Top-K.
   The counters are model state (a buffer: checkpointed, restored, and kept when a
-  pretrained model starts a continual run). Unlike the reference, they count only in
-  training mode, never during evaluation.
+  pretrained model starts a continual run).
+
+GABA counting (`gaba_counting`): `training` (the default) counts training samples only,
+so test data never changes the model. `reference` also counts in the evaluation passes
+the reference made through the Top-K layer (its validation on the seen tasks' test sets,
+its EWC/MAS importance passes): the engine runs those passes inside
+`reference_counting_passes(model)`, and only there does an evaluation pass count.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -25,6 +31,7 @@ from torch import nn
 
 KApproach = Literal["mask", "subtract", "linear_decay_mask", "linear_decay_subtract", "gaba_switch"]
 K_APPROACHES: tuple[str, ...] = KApproach.__args__
+GabaCounting = Literal["training", "reference"]
 
 
 def linear_decay_k(epoch: int, k_max: int, k_min: int, transition_epochs: int) -> int:
@@ -56,6 +63,7 @@ class TopK(nn.Module):
         k_max: int | None = None,
         k_transition_epochs: int = 200,
         gaba_switch_activations: int = 5_000_000,
+        gaba_counting: str = "training",
     ):
         super().__init__()
         if approach not in K_APPROACHES:
@@ -66,6 +74,9 @@ class TopK(nn.Module):
         self.k_max = neurons if k_max is None else k_max
         self.k_transition_epochs = k_transition_epochs
         self.gaba_switch_activations = gaba_switch_activations
+        # "reference": evaluation passes count too, inside reference_counting_passes()
+        self.counts_reference_passes = approach == "gaba_switch" and gaba_counting == "reference"
+        self.counting_eval_pass = False  # set only by reference_counting_passes()
         self.epoch = 0  # set by the model's on_epoch_start hook; drives the linear decay
         # in training: samples of the last batch each neuron was active for (the GABA
         # counters add them; the model reuses them instead of counting again)
@@ -88,6 +99,8 @@ class TopK(nn.Module):
             self.batch_active_counts = active_counts(out)
             if self.approach == "gaba_switch":
                 self.gaba_counters += self.batch_active_counts
+        elif self.counting_eval_pass:
+            self.gaba_counters += active_counts(out)
         return out
 
     def _activate(self, r: torch.Tensor, k: int) -> torch.Tensor:
@@ -106,3 +119,23 @@ class TopK(nn.Module):
 
     def extra_repr(self) -> str:
         return f"neurons={self.neurons}, k={self.k}, approach={self.approach}"
+
+
+def counts_reference_passes(model: nn.Module) -> bool:
+    """True when some Top-K layer of `model` counts evaluation passes (gaba_counting: reference)."""
+    return any(isinstance(m, TopK) and m.counts_reference_passes for m in model.modules())
+
+
+@contextmanager
+def reference_counting_passes(model: nn.Module):
+    """Within this block, the GABA counters of every Top-K layer of `model` with
+    gaba_counting `reference` also count evaluation-mode forward passes (the reference
+    counted in every forward pass of its Top-K layer). A no-op for other models."""
+    layers = [m for m in model.modules() if isinstance(m, TopK) and m.counts_reference_passes]
+    for m in layers:
+        m.counting_eval_pass = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.counting_eval_pass = False

@@ -3,10 +3,17 @@
 At the end of each task the diagonal Fisher F is estimated on a few minibatches of that
 task's training data (model in eval mode):
 
-    F = (1/(B·S)) Σ_{batches b} (∇_θ Σ_{i∈b} CE(β·logits_i, target_i))²
+    F = (1/N) Σ_{batches b} (∇_θ Σ_{i∈b} CE(β·logits_i, target_i))²
 
-with B = `fisher_batches` batches of S = `fisher_batch_size` samples and a target chosen
-by `fisher`:
+over B = `fisher_batches` batches of S = `fisher_batch_size` samples (fewer if the task is
+smaller), with N chosen by `normalization`:
+- `mean` (default): N = the number of samples used (B·S when the task has that many);
+- `reference`: N = (B − 1)·S whatever the task size, as the reference code did (it
+  configured 5 batches of 512, divided by 5·512, and its loop `if i > 5: break` used 6).
+  Its F is then 6/5 of the mean on tasks of ≥ 3,072 samples, and 1,000/2,560 of it on
+  Split CIFAR-100's 1,000-image tasks (2 batches used, divided by 2,560).
+
+and a target chosen by `fisher`:
 - `reference`: the model's own argmax prediction (what the paper's authors did);
 - `empirical`: the true label (the "empirical Fisher");
 - `expected`: a label sampled from softmax(β·logits) (an unbiased one-sample estimate of
@@ -17,8 +24,7 @@ by `fisher`:
 penalty λ Σ F (θ − θ*)². No factor ½, as in the reference.
 
 Reference settings: λ = 200, β = 0.005 (MNIST); λ = 100, β = 0.08 (CIFAR embeddings);
-6 batches of 512. (The reference divides the sum over its 6 batches by 5·512, i.e. its F
-is 6/5 of the mean used here: equivalent to a 20% larger λ.)
+6 batches of 512, `normalization: reference`.
 """
 
 from __future__ import annotations
@@ -44,14 +50,20 @@ class EWCConfig(RegularizerConfig):
     gamma: float = 1.0  # online mode: decay of the running Fisher
     fisher_batches: int = 6
     fisher_batch_size: int = 512
+    normalization: Literal["mean", "reference"] = "mean"  # divide by the samples used | by (fisher_batches − 1)·fisher_batch_size
 
     def check(self) -> None:
         check_fields(self, positive=("beta",), at_least_one=("fisher_batches", "fisher_batch_size"))
+        if self.normalization == "reference" and self.fisher_batches < 2:
+            raise ConfigError("regularizer.fisher_batches: normalization 'reference' divides by (fisher_batches − 1)·fisher_batch_size, "
+                              f"so it needs fisher_batches >= 2, got {self.fisher_batches} (the reference used 6)")
         if not 0 <= self.gamma <= 1:
             raise ConfigError(f"regularizer.gamma: must be in [0, 1], got {self.gamma}")
 
 
-def fisher_diagonal(model, batches, beta: float, estimator: str, seed: int) -> list[torch.Tensor]:
+def fisher_diagonal(model, batches, beta: float, estimator: str, seed: int, divisor: float | None = None) -> list[torch.Tensor]:
+    """The sum over `batches` of the squared batch gradients, divided by `divisor` (default:
+    the number of samples used)."""
     params = [p for _, p in trainable(model)]
     fisher = [torch.zeros_like(p) for p in params]
     gen = torch.Generator(device=params[0].device).manual_seed(seed)
@@ -72,7 +84,7 @@ def fisher_diagonal(model, batches, beta: float, estimator: str, seed: int) -> l
                 if g is not None:
                     f += g**2
             n += len(y)
-    return [f / n for f in fisher]
+    return [f / (n if divisor is None else divisor) for f in fisher]
 
 
 class EWC(Regularizer):
@@ -84,7 +96,8 @@ class EWC(Regularizer):
     def on_task_end(self, model, task) -> None:
         cfg = self.cfg
         batches = task_batches(task, cfg.fisher_batches, cfg.fisher_batch_size, ("ewc", task.index))
-        fisher = fisher_diagonal(model, batches, cfg.beta, cfg.fisher, seed=task.index)
+        divisor = (cfg.fisher_batches - 1) * cfg.fisher_batch_size if cfg.normalization == "reference" else None
+        fisher = fisher_diagonal(model, batches, cfg.beta, cfg.fisher, seed=task.index, divisor=divisor)
         if cfg.mode == "online" and self.fishers:
             self.fishers = [[cfg.gamma * old + new for old, new in zip(self.fishers[0], fisher)]]
             self.anchors = [snapshot(model)]

@@ -1,15 +1,22 @@
 """Memory Aware Synapses (Aljundi et al. 2018), online.
 
-At the end of each task: Ω += (1/B) Σ_{batches} |∇_θ mean(logits²)| over B = `batches`
+At the end of each task: Ω += (1/D) Σ_{batches} |∇_θ mean(logits²)| over B = `batches`
 minibatches of `batch_size` training samples of that task (model in eval mode), and the
-anchor θ* becomes the current weights. Penalty λ Σ Ω (θ − θ*)².
-Reference settings: λ = 0.5 (MNIST), 10 (CIFAR embeddings). (The reference divides its
-sum over 6 batches by the number of batches in the whole task, not by 6.)
+anchor θ* becomes the current weights. Penalty λ Σ Ω (θ − θ*)². The divisor D is chosen
+by `normalization`:
+- `mean` (default): D = the number of batches used (B, fewer if the task is smaller);
+- `reference`: D = the number of batches of `batch_size` in the whole task, ⌈N/S⌉, as the
+  reference code did (it summed 6 batches and divided by its data loader's length: 24 on
+  a 12,000-image Split MNIST task, so its Ω is 1/4 of the mean at the same λ).
+Reference settings: λ = 0.5 (MNIST), 10 (CIFAR embeddings); 6 batches of 512,
+`normalization: reference`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -23,12 +30,14 @@ class MASConfig(RegularizerConfig):
     lam: float = 0.5
     batches: int = 6
     batch_size: int = 512
+    normalization: Literal["mean", "reference"] = "mean"  # divide by the batches used | by the task's number of batches
 
     def check(self) -> None:
         check_fields(self, at_least_one=("batches", "batch_size"))
 
 
-def mas_importance(model, batches) -> list[torch.Tensor]:
+def mas_importance(model, batches, divisor: float | None = None) -> list[torch.Tensor]:
+    """Σ over `batches` of |∇ mean(logits²)|, divided by `divisor` (default: the number of batches)."""
     params = [p for _, p in trainable(model)]
     total = [torch.zeros_like(p) for p in params]
     with EvalMode(model):
@@ -37,7 +46,8 @@ def mas_importance(model, batches) -> list[torch.Tensor]:
             for t, g in zip(total, grads):
                 if g is not None:
                     t += g.abs()
-    return [t / max(len(batches), 1) for t in total]
+    d = max(len(batches), 1) if divisor is None else divisor
+    return [t / d for t in total]
 
 
 class MAS(Regularizer):
@@ -47,7 +57,9 @@ class MAS(Regularizer):
         self.anchor: list[torch.Tensor] | None = None
 
     def on_task_end(self, model, task) -> None:
-        new = mas_importance(model, task_batches(task, self.cfg.batches, self.cfg.batch_size, ("mas", task.index)))
+        batches = task_batches(task, self.cfg.batches, self.cfg.batch_size, ("mas", task.index))
+        divisor = math.ceil(len(task.train_y) / self.cfg.batch_size) if self.cfg.normalization == "reference" else None
+        new = mas_importance(model, batches, divisor)
         self.importance = new if self.importance is None else [a + b for a, b in zip(self.importance, new)]
         self.anchor = snapshot(model)
 

@@ -8,8 +8,10 @@ task and damping ξ = 0.1; w ← 0; anchor θ_prev ← θ. Penalty λ Σ Ω (θ 
 Reference settings: λ = 1500, β = 0.005 (MNIST); λ = 1350, β = 0.02 (CIFAR).
 
 The reference computed g with `backward(retain_graph=True)` into the same `.grad` buffers
-as the training loss, so its optimizer step also followed g; here g is computed with
-`torch.autograd.grad` and the training step uses the training loss only.
+as the training loss, so its optimizer step (after clipping the sum) also followed g: it
+descended CE + penalty + Σ_batch CE(β·logits). Here g is computed with `torch.autograd.grad`
+and the training step uses the training loss only; `reference_gradient_leak: true` adds g
+to the training gradients before clipping, reproducing the reference's step.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class SIConfig(RegularizerConfig):
     lam: float = 1500.0
     beta: float = 0.005
     damping: float = 0.1
+    reference_gradient_leak: bool = False  # true: the optimizer also follows g, as in the reference
 
     def check(self) -> None:
         check_fields(self, positive=("beta", "damping"))
@@ -52,6 +55,13 @@ class SI(Regularizer):
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         self._grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         self._before = [p.detach().clone() for p in params]
+        if self.cfg.reference_gradient_leak:
+            for p, g in zip(params, grads):
+                if g is not None:
+                    if p.grad is None:
+                        p.grad = g.clone()
+                    else:
+                        p.grad.add_(g)
 
     def after_step(self, model) -> None:
         if self._grads is None:

@@ -60,5 +60,10 @@ def overrides(cb: Callback, hook: str) -> bool:
 
 
 def build_callbacks(cfg) -> list[Callback]:
-    """The callbacks a run config asks for (none by default)."""
-    return []
+    """The callbacks a run config asks for: the pitfall warnings (train/pitfalls.py), always,
+    then the loggers of `output.loggers` (train/loggers.py)."""
+    from sdmcl.registry import LOGGERS, load_all
+    from sdmcl.train.pitfalls import PitfallWarnings
+
+    load_all()
+    return [PitfallWarnings()] + [LOGGERS[name].build(cfg) for name in cfg.output.loggers]

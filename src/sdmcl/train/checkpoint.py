@@ -1,8 +1,9 @@
 """Checkpoints: atomic writes, and files that carry their config.
 
 A checkpoint is a dict saved with `torch.save`: `format`, `config` (the resolved run
-config as plain data), `model`, and, for resumable checkpoints, `optimizer`,
-`regularizer`, `position` and `history`. It is written to a temporary file in the same
+config as plain data), `model`, `epochs_trained` (the model's epochs, pretraining
+included: an `init_from` run continues its k schedule from there) and, for resumable
+checkpoints, `optimizer`, `regularizer`, `position` and `history`. It is written to a temporary file in the same
 directory, flushed and fsync'ed, then renamed over the old one, so a crash at any moment
 leaves the previous good checkpoint intact.
 """
@@ -85,3 +86,20 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(f"{prefix}{key} ({va!r} vs {vb!r})")
     return out
+
+
+def load_model(path: str | Path, map_location="cpu") -> torch.nn.Module:
+    """The model of a checkpoint or finished run directory (its `model.pt`), rebuilt from the
+    config the file carries, weights loaded, in eval mode. An image model's `embed(x)` then
+    gives its features (models/base.py)."""
+    from sdmcl.config import parse_config
+    from sdmcl.registry import build_model
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    cfg = parse_config(ckpt["config"])
+    model = build_model(cfg.model, ckpt["input_dim"], ckpt["num_classes"], ckpt.get("input_shape"))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({str(e).splitlines()[0]})") from None
+    return model.to(map_location).eval()

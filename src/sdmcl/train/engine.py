@@ -8,6 +8,11 @@ a resumed run draw exactly what the uninterrupted run would have drawn.
 A model's fixed input transform (`prepare_inputs`, SDMLP: relu + L2 norm) is applied once
 per data split instead of to every minibatch.
 
+Optional per-step extras, each None (and free) unless configured: augmentation of the
+minibatch (`augment.*`, data/augment.py, its generator seeded from (seed, task, epoch)),
+a learning-rate schedule (`optim.schedule`, train/optim.py) and mixed precision on CUDA
+(`train.precision`, train/precision.py).
+
 Order of operations per step (hooks are optional, see models/base.py, regularizers/base.py):
     logits = model(x); loss = CE(logits, y) + regularizer.penalty(model)
     loss.backward(); regularizer.before_step(model, logits, y); model.before_step()
@@ -18,6 +23,12 @@ parameter (`optim.plain_sgd_step_`).
 
 Evaluation lives in `evaluate.py`; loggers and investigations are callbacks (`callbacks.py`)
 that observe the run and keep their state in the checkpoint.
+
+At the end of a task: the model's `on_task_end`, the evaluation, then the regularizer's
+`on_task_end` (its importance passes follow the task's last evaluation, as in the
+reference, which computed them at the start of the next task). With `gaba_counting:
+reference` the evaluation of the seen tasks and the importance passes before a next task
+run inside `reference_counting_passes` (models/topk.py): the GABA counters count them.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import os
 import random
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,14 +49,19 @@ import torch
 import torch.nn.functional as F
 
 from sdmcl import metrics
-from sdmcl.config import RunConfig
+from sdmcl.config import RunConfig, result_identity
+from sdmcl.data.augment import build_augmenter
 from sdmcl.data.benchmarks import Task, hold_out_validation, make_tasks
-from sdmcl.errors import CheckpointError, DataError, DivergenceError
-from sdmcl.registry import MODELS, REGULARIZERS
+from sdmcl.data.fingerprint import content_id as data_content_id
+from sdmcl.errors import CheckpointError, DataError, DivergenceError, OutputError
+from sdmcl.models.topk import counts_reference_passes, reference_counting_passes
+from sdmcl.registry import REGULARIZERS
+from sdmcl.registry import build_model as build_registered_model
 from sdmcl.train.callbacks import build_callbacks, overrides
 from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
 from sdmcl.train.evaluate import Evaluator
-from sdmcl.train.optim import build_optimizer, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
+from sdmcl.train.optim import build_optimizer, build_schedule, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
+from sdmcl.train.precision import build_mixed_precision
 from sdmcl.train.rundir import RunDir, run_dir_for
 
 
@@ -86,6 +103,7 @@ class Prepared:
     input_dim: int
     device: torch.device
     dataset_name: str
+    input_shape: tuple[int, ...] = ()  # one sample's shape, e.g. (C, H, W); inputs are held flattened
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -97,30 +115,51 @@ def prepare(cfg: RunConfig) -> Prepared:
                         pixel_scale=cfg.data.pixel_scale, download=cfg.data.download)
     b = cfg.benchmark
     tasks = make_tasks(data, b.classes_per_task, b.class_order, b.class_order_seed, b.joint, b.num_tasks, device)
-    return Prepared(cfg, tasks, data.num_classes, data.input_dim, device, data.name)
+    return Prepared(cfg, tasks, data.num_classes, data.input_dim, device, data.name, tuple(data.input_shape))
 
 
-def build_model(cfg: RunConfig, input_dim: int, num_classes: int) -> torch.nn.Module:
-    return MODELS[cfg.model.name].build(cfg.model, input_dim, num_classes)
+def build_model(cfg: RunConfig, input_dim: int, num_classes: int, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
+    return build_registered_model(cfg.model, input_dim, num_classes, input_shape)
 
 
-def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device) -> torch.nn.Module:
-    """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept."""
+# model keys that say how a model is trained, not what its weights mean: a pretrained model
+# may have been trained with other values
+TRAINING_ONLY_MODEL_KEYS = ("gaba_counting",)
+
+
+def checkpoint_epochs(ckpt: dict) -> int:
+    """Epochs the checkpointed model has been trained, across init_from chains (0 if unknown)."""
+    if "epochs_trained" in ckpt:
+        return int(ckpt["epochs_trained"])
+    position = ckpt.get("position") or {}
+    return int(position.get("epochs_done", 0))
+
+
+def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
+                    input_shape: tuple[int, ...] | None = None) -> tuple[torch.nn.Module, int]:
+    """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept.
+    Returns the model and the epochs it was trained (the position of its k schedule)."""
     ckpt = load_checkpoint(cfg.init_from)
     pre = ckpt["config"]
-    diffs = config_differences(pre.get("model", {}), cfg.to_dict()["model"], "model.")
+    ours = {k: v for k, v in cfg.to_dict()["model"].items() if k not in TRAINING_ONLY_MODEL_KEYS}
+    theirs = {k: v for k, v in pre.get("model", {}).items() if k not in TRAINING_ONLY_MODEL_KEYS}
+    diffs = config_differences(theirs, ours, "model.")
     if diffs:
         raise CheckpointError(f"init_from {cfg.init_from}: model config differs from the pretrained one: {'; '.join(diffs)}; make them equal")
     pre_classes, pre_dim = ckpt.get("num_classes"), ckpt.get("input_dim")
     if pre_dim != input_dim:
         raise DataError(f"init_from {cfg.init_from}: the pretrained model takes {pre_dim} inputs but data.source gives {input_dim}")
-    model = build_model(cfg, input_dim, pre_classes)
+    pre_shape = ckpt.get("input_shape")
+    if pre_shape is not None and input_shape is not None and tuple(pre_shape) != tuple(input_shape):
+        raise DataError(f"init_from {cfg.init_from}: the pretrained model takes inputs of shape {tuple(pre_shape)} "
+                        f"but data.source gives {tuple(input_shape)}")
+    model = build_model(cfg, input_dim, pre_classes, input_shape)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"init_from {cfg.init_from}: weights do not fit the model ({str(e).splitlines()[0]})") from None
     model.reset_head(num_classes)
-    return model.to(device)
+    return model.to(device), checkpoint_epochs(ckpt)
 
 
 @dataclass
@@ -135,6 +174,7 @@ class RunState:
     R: list[list[float]] = field(default_factory=list)
     R_task_aware: list[list[float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # one line each, as printed; summary.json lists them
 
 
 class FaultInjector:
@@ -160,7 +200,12 @@ class FaultInjector:
 
 
 class StopRequested(Exception):
-    """SIGINT/SIGTERM arrived: stop at the next safe point after writing a checkpoint."""
+    """SIGINT/SIGTERM arrived: stop at the next safe point after writing a checkpoint.
+    `run_dirs` are the directories to resume."""
+
+    def __init__(self, *run_dirs):
+        super().__init__(*run_dirs)
+        self.run_dirs = [str(d) for d in run_dirs]
 
 
 class Engine:
@@ -186,10 +231,16 @@ class Engine:
         if self.device.type == "cpu":
             torch.set_flush_denormal(cfg.train.flush_denormal)
         seed_everything(derived_seed(cfg.seed, "init"))
+        # epochs the model was trained before this run: the k schedule continues from there
+        # (as the reference's combine_params.py did), unless train.restart_k_schedule
+        self.epoch_offset = 0
         if cfg.init_from:
-            self.model = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device)
+            self.model, pretrained_epochs = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device,
+                                                               prepared.input_shape)
+            self.epoch_offset = 0 if cfg.train.restart_k_schedule else pretrained_epochs
         else:
-            self.model = build_model(cfg, prepared.input_dim, prepared.num_classes).to(self.device)
+            self.model = build_model(cfg, prepared.input_dim, prepared.num_classes, prepared.input_shape).to(self.device)
+        self.reference_counting = counts_reference_passes(self.model)
         self.uses_gradients = getattr(self.model, "uses_gradients", True)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optim, self.params) if self.uses_gradients and self.params else None
@@ -203,6 +254,10 @@ class Engine:
         self.plain_sgd = self.optimizer is not None and plain_sgd(cfg.optim) and not self.reg_active
         if hasattr(self.model, "set_row_sparse_updates"):
             self.model.set_row_sparse_updates(self.plain_sgd)
+        # per-step extras, None unless configured (module docstring)
+        self.augment = build_augmenter(cfg.augment, prepared.input_shape)
+        self.schedule = build_schedule(cfg.optim, cfg.train.epochs_per_task, len(self.tasks)) if self.optimizer else None
+        self.amp = build_mixed_precision(cfg.train.precision, self.device, self.model)
         self.state = RunState()
         # a model's fixed input transform (SDMLP: relu, L2 norm) is applied once per data
         # split, not to every minibatch (models/base.py: prepare_inputs)
@@ -217,6 +272,7 @@ class Engine:
                                    takes_labels=self.takes_labels)
         self.callbacks = build_callbacks(cfg)
         self.step_callbacks = [cb for cb in self.callbacks if overrides(cb, "after_step")]
+        self.provenance = None  # a provenance.Session while `run()` trains
 
     # ------------------------------------------------------------ checkpoints
 
@@ -225,7 +281,10 @@ class Engine:
             "config": self.cfg.to_dict(),
             "num_classes": self.p.num_classes,
             "input_dim": self.p.input_dim,
+            "input_shape": list(self.p.input_shape),
             "model": self.model.state_dict(),
+            # the model's epochs including its pretraining: an init_from run continues its k schedule
+            "epochs_trained": self.epoch_offset + self.state.epochs_done,
         }
         if full:
             payload.update(
@@ -234,6 +293,8 @@ class Engine:
                 position=self.state.__dict__.copy(),
                 callbacks={cb.name: cb.state_dict() for cb in self.callbacks},
             )
+            if self.amp is not None:
+                payload["grad_scaler"] = self.amp.state_dict()
         return payload
 
     def save(self) -> None:
@@ -242,8 +303,8 @@ class Engine:
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir.checkpoint_path, map_location=self.device)
-        diffs = config_differences(ckpt["config"], self.cfg.to_dict())
-        diffs = [d for d in diffs if not d.startswith("output.")]
+        # keys that do not change results (output, threads, data location, ...) may differ
+        diffs = config_differences(result_identity(ckpt["config"]), result_identity(self.cfg.to_dict()))
         if diffs:
             raise CheckpointError(f"{self.run_dir.checkpoint_path}: written by a different config: {'; '.join(diffs)}; "
                                   "delete the run directory to start over or restore the config")
@@ -252,6 +313,8 @@ class Engine:
             if self.optimizer is not None and ckpt.get("optimizer") is not None:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             self.regularizer.load_state_dict(ckpt.get("regularizer") or {})
+            if self.amp is not None:
+                self.amp.load_state_dict(ckpt.get("grad_scaler") or {})
             self.state = RunState(**ckpt["position"])
             saved = ckpt.get("callbacks") or {}
             for cb in self.callbacks:
@@ -261,14 +324,24 @@ class Engine:
 
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self, num_tasks: int) -> dict:
-        """Accuracy (class-incremental and task-aware) on the test sets of the first `num_tasks` tasks."""
+    def evaluate(self, num_tasks: int, seen_tasks: int | None = None) -> dict:
+        """Accuracy (class-incremental and task-aware) on the test sets of the first `num_tasks`
+        tasks, of which the first `seen_tasks` (default: all) have been trained. With
+        gaba_counting `reference` the GABA counters count the seen tasks' test samples."""
+        seen_context = (lambda: reference_counting_passes(self.model)) if self.reference_counting else None
         return self.evaluator.evaluate(self.model, num_tasks, self.cfg.train.eval_batch_size,
-                                       on_chunk=(lambda: self.fault("eval")) if self.fault_on else None)
+                                       on_chunk=(lambda: self.fault("eval")) if self.fault_on else None,
+                                       seen_tasks=seen_tasks, seen_context=seen_context)
+
+    def warn(self, message: str) -> None:
+        """Print a one-line warning now and record it for summary.json (once per run)."""
+        if message not in self.state.warnings:
+            self.state.warnings.append(message)
+            self.log(f"warning: {message}")
 
     def record(self, task: Task, epoch_in_task: int, train_loss: float, full: bool) -> dict:
         st = self.state
-        ev = self.evaluate(len(self.tasks) if full else task.index + 1)
+        ev = self.evaluate(len(self.tasks) if full else task.index + 1, seen_tasks=task.index + 1)
         seen = ev["task_accuracy"][: task.index + 1]
         entry = {
             "task": task.index,
@@ -284,6 +357,11 @@ class Engine:
         if window is not None:
             entry["fraction_dead"] = metrics.fraction_dead(window.cpu().numpy())
             window.zero_()
+        sums = getattr(self.model, "activation_window", None)
+        if sums is not None:
+            # the reference's definition: summed activation over the training samples < 1e-4
+            entry["fraction_dead_reference_train"] = metrics.fraction_dead_by_activation(sums.cpu().numpy())
+            sums.zero_()
         st.history.append(entry)
         self.run_dir.append_metrics(entry)
         for cb in self.callbacks:
@@ -294,8 +372,9 @@ class Engine:
 
     def train_inputs(self, task: Task) -> torch.Tensor:
         """The task's training inputs as the model takes them (prepared once per task; only
-        the current task's copy is kept)."""
-        if self.prepare_inputs is None:
+        the current task's copy is kept). With augmentation the raw inputs: each augmented
+        minibatch is prepared after augmenting."""
+        if self.prepare_inputs is None or self.augment is not None:
             return task.train_x
         if self._train_inputs is None or self._train_inputs[0] != task.index:
             self._train_inputs = None
@@ -309,7 +388,7 @@ class Engine:
         st = self.state
         model = self.model
         seed_everything(derived_seed(cfg.seed, "epoch", task.index, epoch_in_task))
-        call_hook(model, "on_epoch_start", st.epochs_done)
+        call_hook(model, "on_epoch_start", self.epoch_offset + st.epochs_done)
         model.train()
         if not self.uses_gradients:
             model.fit_task(task.train_x, task.train_y)
@@ -325,12 +404,29 @@ class Engine:
         on_cpu = self.device.type == "cpu"  # reading a number on the host is free on CPU: no device sync
         lean_step = self.plain_sgd and on_cpu
         lr = opt.param_groups[0]["lr"] if lean_step else None
+        augment, schedule, amp = self.augment, self.schedule, self.amp
+        if augment is not None:
+            aug_gen = torch.Generator(device=self.device).manual_seed(derived_seed(cfg.seed, "augment", task.index, epoch_in_task))
+        steps = -(-n // bs)
         loss_total = 0.0 if on_cpu else torch.zeros((), device=self.device)
         for step, start in enumerate(range(0, n, bs)):
             idx = perm[start : start + bs]
             x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
-            logits = model(x, labels=y, **self.forward_kwargs) if self.takes_labels else model(x, **self.forward_kwargs)
-            loss = F.cross_entropy(logits, y)
+            if augment is not None:
+                x = augment(x, aug_gen)
+                if self.prepare_inputs is not None:
+                    x = self.prepare_inputs(x)
+            if schedule is not None:
+                lr = schedule.apply(opt, task.index, epoch_in_task, (step + 1) / steps)
+            # label-informed models get the true labels (models/base.py: takes_labels)
+            fkw = {**self.forward_kwargs, "labels": y} if self.takes_labels else self.forward_kwargs
+            if amp is None:
+                logits = model(x, **fkw)
+                loss = F.cross_entropy(logits, y)
+            else:
+                with amp.autocast():
+                    logits = model(x, **fkw)
+                    loss = F.cross_entropy(logits, y)
             if penalize:
                 loss = loss + reg.penalty(model)
             if on_cpu:
@@ -342,7 +438,11 @@ class Engine:
                 loss_total += loss.detach() * len(y)
             if not lean_step:  # plain_sgd_step_ drops the gradients itself
                 opt.zero_grad(set_to_none=True)
-            loss.backward(retain_graph=self.retain_graph)
+            if amp is None:
+                loss.backward(retain_graph=self.retain_graph)
+            else:
+                amp.backward(loss, self.retain_graph)
+                amp.unscale(opt)  # before anything reads the gradients
             if penalize:
                 reg.before_step(model, logits, y)
             if has_before:
@@ -350,7 +450,7 @@ class Engine:
             if lean_step:
                 plain_sgd_step_(self.params, lr, clip)
             elif clip is None:
-                opt.step()
+                self.optimizer_step()
             else:
                 self.clipped_step(clip)
             if has_constraints:
@@ -379,7 +479,13 @@ class Engine:
             scale_gradients_(self.params, coef.clamp(max=1.0))
         elif float(coef) < 1.0:
             scale_gradients_(self.params, coef)
-        self.optimizer.step()
+        self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        if self.amp is None:
+            self.optimizer.step()
+        else:  # fp16: skipped when a gradient overflowed
+            self.amp.step(self.optimizer)
 
     def diverged(self, task: Task, epoch_in_task: int, step: int | None, what: str):
         where = f"task {task.index} ({task.name}), epoch {epoch_in_task + 1}" + (f", step {step}" if step is not None else "")
@@ -437,7 +543,7 @@ class Engine:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=E, initial=st.next_epoch_in_task, desc=f"task {task.index + 1}/{len(self.tasks)} [{task.name}]",
-                           unit="ep", leave=False, dynamic_ncols=True)
+                           unit="ep", leave=False, dynamic_ncols=True, disable=None)  # None: off when stderr is no terminal
             for e in range(st.next_epoch_in_task, E):
                 t0 = time.perf_counter()
                 loss = self.train_epoch(task, e)
@@ -459,13 +565,18 @@ class Engine:
                     self.save()
                 if not last and self.stop_signal is not None:
                     self.save()
-                    raise StopRequested()
+                    raise StopRequested(rd.path)
                 if last:
                     break
             t0 = time.perf_counter()
             call_hook(self.model, "on_task_end", task)
-            self.regularizer.on_task_end(self.model, task)
             entry = self.record(task, st.next_epoch_in_task, loss, full=True)
+            # importance passes after the task's evaluation; with gaba_counting `reference` they
+            # count, except after the last task (the reference computed them only when a next
+            # task started)
+            more_tasks = task.index + 1 < len(self.tasks)
+            with reference_counting_passes(self.model) if self.reference_counting and more_tasks else nullcontext():
+                self.regularizer.on_task_end(self.model, task)
             st.train_seconds += time.perf_counter() - t0
             st.R.append(entry["task_accuracy"])
             st.R_task_aware.append(entry["task_aware_accuracy"])
@@ -481,7 +592,7 @@ class Engine:
                      + ("  (task-aware: task-incremental)" if self.task_incremental else ""))
             self.save()
             if self.stop_signal is not None and task.index + 1 < len(self.tasks):
-                raise StopRequested()
+                raise StopRequested(rd.path)
 
     def apply_request(self, request) -> bool:
         """Carry out a model's `TrainingRequest` (models/base.py); True when it ends the task."""
@@ -504,6 +615,8 @@ class Engine:
             "dataset": self.p.dataset_name,
             "tasks": [list(t.classes) for t in self.tasks],
             **metrics.summarize(R),
+            # correct over all test samples (tasks weighted by their test-set size): the reference's val/accuracy
+            "final_pooled_accuracy": metrics.pooled_accuracy(R[-1].tolist(), self.evaluator.test_sizes(len(self.tasks))),
             "final_task_aware_accuracy": float(np.mean(st.R_task_aware[-1])),
             "final_task_accuracy": R[-1].tolist(),
             "task_incremental": task_incremental,
@@ -514,15 +627,22 @@ class Engine:
             "seconds_per_epoch": st.train_seconds / max(st.epochs_done, 1),
         }
         last = st.history[-1]
-        for key in ("fraction_dead", "active_per_input", "gaba_switched"):
+        for key in ("fraction_dead", "fraction_dead_reference_train", "fraction_dead_reference_test",
+                    "active_per_input", "gaba_switched"):
             if last.get(key) is not None:
                 summary[key] = last[key]
         if task_incremental:
             summary["final_class_incremental_accuracy"] = float(np.mean(st.R[-1]))
+        summary["warnings"] = list(st.warnings)
+        content = data_content_id(self.cfg.data.source, self.cfg.data.path, self.cfg.data.data_dir)
+        if content is not None:
+            summary["data_content"] = content  # stands in for data.path in the stamp
         save_checkpoint(rd.model_path, self.checkpoint_payload(full=False))
         rd.write_matrix(R.tolist(), self.task_labels)
         if self.cfg.output.plots:
             self.write_plots()
+        if self.provenance is not None:
+            summary["provenance"] = self.provenance.close("finished")
         rd.write_summary(summary)
         return summary
 
@@ -537,33 +657,66 @@ class Engine:
         # future tasks (evaluated at task ends for the full matrix) are not drawn before they are trained
         hist = [{"epoch": h["epoch"], "task_accuracy": [a if j <= h["task"] else None for j, a in enumerate(h["task_accuracy"])]
                  + [None] * (len(self.tasks) - len(h["task_accuracy"]))} for h in self.state.history]
-        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels)
-        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels)
+        run = rd.path.name  # titles name the run: plots copied elsewhere still say whose they are
+        plots.plot_task_accuracies(hist, rd.plots_dir / "task_accuracy.png", task_boundaries=boundaries, task_labels=self.task_labels,
+                                   title=f"{run}: accuracy of every task over training")
+        plots.plot_accuracy_matrix(np.array(self.state.R), rd.plots_dir / "accuracy_matrix.png", task_labels=self.task_labels,
+                                   title=f"{run}: accuracy matrix (%)")
         dead = [{"epoch": h["epoch"], "fraction_dead": h["fraction_dead"]} for h in self.state.history if h.get("fraction_dead") is not None]
         if dead:
-            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png")
+            plots.plot_dead_neurons(dead, rd.plots_dir / "dead_neurons.png", title=f"{run}: dead neurons over training")
 
 
 def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: Callable[[str], None] = print,
-        prepared: Prepared | None = None) -> tuple[RunDir, dict]:
+        prepared: Prepared | None = None, rerun: bool = False) -> tuple[RunDir, dict]:
     """Train one config to the end (or resume it). Returns its run directory and summary.
 
     `resume=None` resumes when the run directory holds a checkpoint, `True` requires one.
-    A finished run (summary.json present) is not trained again; its summary is returned.
+    A finished run (summary.json present) is not trained again; its summary is returned,
+    with a note when different code made it. `rerun=True` trains from the start whatever is
+    there. Raises `RunLocked` when another live process holds the run directory.
     """
     rd = RunDir(run_dir_for(cfg))
-    if rd.is_finished() and not resume:
-        import json
-
-        log(f"{rd.path}: already finished; its summary is reused (delete the directory to run again)")
-        return rd, json.loads(rd.summary_path.read_text())
+    if rd.is_finished() and not resume and not rerun:
+        return rd, reuse_finished(rd, log)
     prepared = prepared or prepare(cfg)
     if resume and not rd.has_checkpoint():
         raise CheckpointError(f"{rd.path}: no checkpoint to resume from; run without --resume to start it")
     engine = Engine(prepared, rd, progress=progress, log=log)
     with rd.locked():
+        if rd.is_finished() and not resume and not rerun:  # another process finished it meanwhile
+            return rd, reuse_finished(rd, log)
+        if rerun:
+            rd.clear_results()
         rd.create(cfg)
-        if not rd.has_checkpoint():
+        fresh = not rd.has_checkpoint()
+        if fresh:
             call_hook(engine.model, "apply_constraints")
-        summary = engine.run(resume=rd.has_checkpoint())
+        from sdmcl.provenance import Session
+
+        engine.provenance = Session(rd.path, fresh=fresh)
+        try:
+            summary = engine.run(resume=not fresh)
+        except BaseException as e:
+            if engine.provenance.record["status"] == "running":
+                try:
+                    engine.provenance.close({StopRequested: "stopped", DivergenceError: "diverged"}.get(type(e), "failed"))
+                except OutputError:
+                    pass  # e.g. the disk is full: the original error is the one to report
+            raise
     return rd, summary
+
+
+def reuse_finished(rd: RunDir, log: Callable[[str], None] = print) -> dict:
+    """The summary of a finished run, with a note when the code that made it differs from this one."""
+    import json
+
+    from sdmcl.provenance import reuse_note
+
+    note = reuse_note(rd.path)
+    rd.reused = True
+    if note:
+        log(f"{rd.path}: already finished; its summary is reused, but {note}; add --rerun to train it again")
+    else:
+        log(f"{rd.path}: already finished; its summary is reused (add --rerun to train it again)")
+    return json.loads(rd.summary_path.read_text())

@@ -27,12 +27,22 @@ from sdmcl.errors import OutputError
 from sdmcl.train.checkpoint import atomic_write_bytes
 
 
+class RunLocked(OutputError):
+    """The run directory is locked by another live process (which may be training it)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path}: in use by process {holder}; wait for it to finish or stop it (its checkpoint lets you resume)")
+        self.path, self.holder = path, holder
+
+
 def run_dir_for(cfg: RunConfig) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.name) or "run"
     return Path(cfg.output.dir) / f"{safe}-{cfg.stamp()}"
 
 
 class RunDir:
+    reused = False  # set when a finished run's summary is returned instead of training it
+
     def __init__(self, path: Path):
         self.path = Path(path)
 
@@ -63,12 +73,26 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise OutputError(f"{self.path}: in use by process {holder}; wait for it to finish or stop it (its checkpoint lets you resume)") from None
+                raise RunLocked(self.path, holder) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield self
         finally:
             os.close(fd)  # closing releases the lock
+
+    def lock_holder(self) -> str | None:
+        """The pid of the live process holding this run's lock, or None (creates nothing)."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)  # closing releases a shared lock taken here
 
     def create(self, cfg: RunConfig) -> None:
         try:
