@@ -48,12 +48,55 @@ def test_missing_config_file(capsys):
 
 
 def test_every_shipped_experiment_validates():
-    from sdmcl.config import load_experiment
+    from sdmcl.stages import load_plan
 
     files = sorted((ROOT / "experiments").glob("*.yaml"))
-    assert len(files) >= 5
+    assert len(files) >= 25
     for path in files:
-        assert load_experiment(path), path
+        plan = load_plan(path)
+        assert plan.all_runs(), path
+        ours = ("quickstart", "fly_split_fashion_mnist", "split_fashion_mnist_short", "compare_split_fashion_mnist_short",
+                "convmixer_fashion_mnist", "gaba_counting_split_fashion_mnist", "regularizer_normalisations_split_fashion_mnist_short")
+        assert plan.reproduces or path.stem in ours, f"{path.name}: say what it reproduces"
+
+
+def test_pretraining_runs_are_shared_between_files():
+    """Files that start from the ImageNet32 pretraining use the very runs of its own file."""
+    import json
+
+    from sdmcl.config import result_identity
+    from sdmcl.stages import load_plan
+
+    def identity(cfg):  # what names a run directory: the run name and everything in its stamp
+        return json.dumps([cfg.name, result_identity(cfg.to_dict())], sort_keys=True)
+
+    pretrain = load_plan(ROOT / "experiments/imagenet32_embeddings_pretrain.yaml").all_runs()
+    base = {identity(r.cfg) for r in pretrain}
+    names = {r.cfg.name for r in pretrain}
+    for name in ("table1_split_cifar10_embeddings", "split_cifar100_embeddings", "oracle_cifar10_embeddings",
+                 "ablation_optimizers_split_cifar10_embeddings", "sweep_regularizers_split_cifar10_embeddings"):
+        plan = load_plan(ROOT / f"experiments/{name}.yaml")
+        used = {identity(r.cfg) for r in plan.select() if r.stage == "pretrain"}
+        assert used and used <= base, name
+        for r in plan.select():
+            if r.starts_from is not None:
+                assert Path(r.cfg.init_from).name.rsplit("-", 1)[0] in names or any(
+                    r.cfg.init_from.startswith(f"runs/{n}-") for n in names), (name, r.label, r.cfg.init_from)
+
+
+def test_table1_has_every_row_in_five_orders():
+    from sdmcl.stages import load_plan
+
+    plan = load_plan(ROOT / "experiments/table1_split_cifar10_embeddings.yaml")
+    orders = {s: {(r.cfg.benchmark.class_order, r.cfg.benchmark.class_order_seed) for r in plan.runs[s]} for s in plan.stages[1:]}
+    assert orders == {"natural": {("natural", None)}, "order3": {("seeded", 3)}, "order15": {("seeded", 15)},
+                      "order27": {("seeded", 27)}, "order97": {("seeded", 97)}}
+    rows = [r for r in plan.runs["natural"]]
+    by_label = {r.label: r for r in rows}
+    assert by_label["sdmlp-10k"].cfg.model.neurons == 10000 and by_label["sdmlp-1k"].cfg.model.neurons == 1000
+    assert by_label["sdmlp-1k-ewc"].cfg.optim.name == "sgdm" and by_label["relu-1k-ewc"].cfg.optim.name == "sgd"
+    assert by_label["relu-1k-dropout"].cfg.model.dropout == 0.03
+    assert all(r.cfg.train.epochs_per_task == 2000 for r in rows if r.cfg.model.name != "fly")
 
 
 def test_messages_suggest_only_flags_that_exist():

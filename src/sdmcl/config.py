@@ -99,6 +99,20 @@ class OutputConfig:
 
 
 @dataclass
+class InvestigateConfig:
+    """Run-time investigations (all off by default; they observe training and never change it)."""
+
+    activations_every: int = 0  # epochs; per-class activation counts per neuron every N epochs and at task ends; 0 = off
+    active_threshold: float = 0.0  # a neuron is active for an input when its activation is > this
+    receptive_fields: int = 16  # with each activation snapshot, the address rows of the N most and N least used neurons
+    update_norms: bool = False  # per step: update sizes of the address rows of neurons inactive vs active in the batch
+    update_norms_every: int = 1  # measure every N-th step
+
+    def enabled(self) -> bool:
+        return self.activations_every > 0 or self.update_norms
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -110,6 +124,7 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     regularizer: Any = None  # the chosen regularizer's declared config dataclass
     output: OutputConfig = field(default_factory=OutputConfig)
+    investigate: InvestigateConfig = field(default_factory=InvestigateConfig)
     init_from: str | None = None  # pretrained checkpoint: new head, GABA counters kept
 
     def to_dict(self) -> dict:
@@ -124,6 +139,8 @@ class RunConfig:
         content = content_id(self.data.source, self.data.path, self.data.data_dir)
         if content is not None:
             identity["data"]["content"] = content
+        if self.investigate.enabled():  # same results, more files: a directory of its own
+            identity["investigate"] = dataclasses.asdict(self.investigate)
         blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -132,7 +149,7 @@ class RunConfig:
 # live, how many threads run it, how evaluation is chunked. The run stamp and the grouping of
 # runs into table rows ignore them. (`data.path` is replaced in the stamp by a hash of the
 # files' content where the source has no pinned checksums: data/fingerprint.py.)
-NON_RESULT_KEYS = ("output", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download", "data.path")
+NON_RESULT_KEYS = ("output", "investigate", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download", "data.path")
 
 
 def result_identity(d: dict) -> dict:
@@ -279,7 +296,7 @@ def parse_config(raw: dict) -> RunConfig:
     simple = {k: v for k, v in raw.items() if k in ("name", "seed", "init_from")}
     cfg = _build_dataclass(RunConfig, simple, "")
     for sec, cls in (("data", DataConfig), ("benchmark", BenchmarkConfig), ("optim", OptimConfig),
-                     ("train", TrainConfig), ("augment", AugmentConfig), ("output", OutputConfig)):
+                     ("train", TrainConfig), ("augment", AugmentConfig), ("output", OutputConfig), ("investigate", InvestigateConfig)):
         setattr(cfg, sec, _build_dataclass(cls, raw.get(sec), sec + "."))
     if cfg.optim.weight_decay is None:  # resolved here, so config.yaml and every reader see the value used
         cfg.optim.weight_decay = ADAMW_DEFAULT_WEIGHT_DECAY if cfg.optim.name == "adamw" else 0.0
@@ -334,9 +351,30 @@ def check(cfg: RunConfig) -> None:
     if check_run is not None:
         check_run(cfg)
     check_loggers(cfg.output.loggers)
+    check_investigate(cfg)
     gradient_free = not getattr(MODELS[cfg.model.name].build, "uses_gradients", True)
     if gradient_free and cfg.regularizer.name != "none":
         raise ConfigError(f"regularizer.name: {cfg.regularizer.name!r} needs gradients, but model {cfg.model.name!r} learns without them; use regularizer: {{name: none}}")
+
+
+def check_investigate(cfg: RunConfig) -> None:
+    inv = cfg.investigate
+    for key in ("activations_every", "receptive_fields"):
+        if getattr(inv, key) < 0:
+            raise ConfigError(f"investigate.{key}: must be >= 0 (0 = off), got {getattr(inv, key)}")
+    if inv.update_norms_every < 1:
+        raise ConfigError(f"investigate.update_norms_every: must be >= 1 (1 = every step), got {inv.update_norms_every}")
+    if not 0 <= inv.active_threshold < float("inf"):  # rejects NaN and infinity too
+        raise ConfigError(f"investigate.active_threshold: must be a finite number >= 0, got {inv.active_threshold}")
+    if not inv.enabled():
+        return
+    # the investigations read one hidden layer of `model.neurons` units
+    one_layer = sorted(n for n, e in MODELS.items() if "neurons" in {f.name for f in dataclasses.fields(e.config_class)})
+    if not hasattr(cfg.model, "neurons"):
+        raise ConfigError(f"investigate: model {cfg.model.name!r} has no single hidden layer to investigate; "
+                          f"use one of {', '.join(one_layer)} or turn the investigations off")
+    if inv.update_norms and not getattr(MODELS[cfg.model.name].build, "uses_gradients", True):
+        raise ConfigError(f"investigate.update_norms: model {cfg.model.name!r} takes no optimizer steps; set it to false")
 
 
 def check_schedule(cfg: RunConfig) -> None:

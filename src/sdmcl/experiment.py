@@ -30,8 +30,10 @@ from typing import Any
 import yaml
 
 from sdmcl.config import (
+    AugmentConfig,
     BenchmarkConfig,
     DataConfig,
+    InvestigateConfig,
     OptimConfig,
     OutputConfig,
     RunConfig,
@@ -46,7 +48,7 @@ from sdmcl.errors import ConfigError
 from sdmcl.registry import MODELS, REGULARIZERS, load_all
 
 _PLAIN_SECTIONS = {"data": DataConfig, "benchmark": BenchmarkConfig, "optim": OptimConfig,
-                   "train": TrainConfig, "output": OutputConfig}
+                   "train": TrainConfig, "augment": AugmentConfig, "output": OutputConfig, "investigate": InvestigateConfig}
 _REGISTERED_SECTIONS = {"model": (MODELS, "sdmlp"), "regularizer": (REGULARIZERS, "none")}
 _TOP_LEVEL = [f.name for f in dataclasses.fields(RunConfig)]
 
@@ -176,6 +178,7 @@ def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: lis
     seeds = raw.pop("seeds", None)
     variants = raw.pop("variants", None)
     axes = _check_grid(raw.pop("grid", None))
+    raw.pop("reproduces", None)  # what the file reproduces, for `sdmcl list`: no run setting
     for text in grid:  # command-line axes replace the file's axis of the same key
         key, values = parse_grid_arg(text)
         axes.update(_check_grid({key: values}))

@@ -130,3 +130,46 @@ def mean_sem(values) -> tuple[float, float]:
     if v.size == 1:
         return float(v[0]), 0.0
     return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
+
+
+def class_entropy(class_counts) -> np.ndarray:
+    """Entropy (nats) of each neuron's distribution of activity over classes.
+
+    `class_counts` is neurons × classes: how many inputs of each class a neuron was active
+    for. p = counts / row total; H = −Σ p ln p with 0 ln 0 = 0 (the reference added 1e-15
+    to zero probabilities, which changes H by < 1e-12). A neuron never active has no
+    distribution: NaN. H ranges from 0 (one class only) to ln C (all classes equally).
+    """
+    c = np.asarray(class_counts, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError(f"class counts must be neurons × classes, got shape {c.shape}")
+    total = c.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = c / total
+        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    h = terms.sum(1)
+    h[total[:, 0] <= 0] = np.nan
+    return h
+
+
+def mean_class_entropy(class_counts, weighted: bool = False) -> float:
+    """Mean class entropy over the neurons active at least once (the reference's notebook
+    statistic). `weighted`: each neuron weighted by its share of all activations, so a
+    neuron active for many inputs counts more (the notebook's second number). NaN when no
+    neuron was ever active."""
+    c = np.asarray(class_counts, dtype=np.float64)
+    h = class_entropy(c)
+    alive = ~np.isnan(h)
+    if not alive.any():
+        return math.nan
+    if not weighted:
+        return float(h[alive].mean())
+    w = c.sum(1)[alive]
+    return float((w / w.sum() * h[alive]).sum())
+
+
+def alive_fraction(activation_counts, threshold: float = 0) -> float:
+    """Fraction of neurons active for more than `threshold` inputs (1 − `fraction_dead`).
+    With threshold 0 and the counts accumulated over the whole run, this is the
+    reference's "alive neurons" (a neuron counts once it was active for any input)."""
+    return 1.0 - fraction_dead(activation_counts, threshold) if np.asarray(activation_counts).size else 0.0

@@ -61,9 +61,15 @@ def overrides(cb: Callback, hook: str) -> bool:
 
 def build_callbacks(cfg) -> list[Callback]:
     """The callbacks a run config asks for: the pitfall warnings (train/pitfalls.py), always,
-    then the loggers of `output.loggers` (train/loggers.py)."""
+    then the loggers of `output.loggers` (train/loggers.py), then the investigations of
+    `investigate` (train/investigations.py)."""
     from sdmcl.registry import LOGGERS, load_all
     from sdmcl.train.pitfalls import PitfallWarnings
 
     load_all()
-    return [PitfallWarnings()] + [LOGGERS[name].build(cfg) for name in cfg.output.loggers]
+    callbacks: list[Callback] = [PitfallWarnings()] + [LOGGERS[name].build(cfg) for name in cfg.output.loggers]
+    if cfg.investigate.enabled():
+        from sdmcl.train.investigations import build_investigations
+
+        callbacks += build_investigations(cfg.investigate)
+    return callbacks

@@ -123,8 +123,17 @@ def build_model(cfg: RunConfig, input_dim: int, num_classes: int, input_shape: t
 
 
 # model keys that say how a model is trained, not what its weights mean: a pretrained model
-# may have been trained with other values
-TRAINING_ONLY_MODEL_KEYS = ("gaba_counting",)
+# may have been trained with other values (dropout: the paper's Dropout row, a ReLU MLP pretrained
+# without it and continual with p = 0.03; the k schedule: the reference's ConvSDM continual runs
+# switched from a decaying mask to subtraction; how the SDMLP computes its backward pass)
+TRAINING_ONLY_MODEL_KEYS = ("gaba_counting", "dropout", "k_approach", "k_max", "k_transition_epochs", "sparse_backward")
+
+
+def init_from_differences(pretrained_model: dict, model: dict) -> list[str]:
+    """Model settings (dotted keys) in which a run differs from the model it starts from."""
+    ours = {k: v for k, v in model.items() if k not in TRAINING_ONLY_MODEL_KEYS}
+    theirs = {k: v for k, v in (pretrained_model or {}).items() if k not in TRAINING_ONLY_MODEL_KEYS}
+    return config_differences(theirs, ours, "model.")
 
 
 def checkpoint_epochs(ckpt: dict) -> int:
@@ -141,9 +150,7 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
     Returns the model and the epochs it was trained (the position of its k schedule)."""
     ckpt = load_checkpoint(cfg.init_from)
     pre = ckpt["config"]
-    ours = {k: v for k, v in cfg.to_dict()["model"].items() if k not in TRAINING_ONLY_MODEL_KEYS}
-    theirs = {k: v for k, v in pre.get("model", {}).items() if k not in TRAINING_ONLY_MODEL_KEYS}
-    diffs = config_differences(theirs, ours, "model.")
+    diffs = init_from_differences(pre.get("model", {}), cfg.to_dict()["model"])
     if diffs:
         raise CheckpointError(f"init_from {cfg.init_from}: model config differs from the pretrained one: {'; '.join(diffs)}; make them equal")
     pre_classes, pre_dim = ckpt.get("num_classes"), ckpt.get("input_dim")

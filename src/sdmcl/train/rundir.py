@@ -8,6 +8,7 @@ config (van de Ven's run stamp), so a re-run of the same config finds its own re
     model.pt               final weights with their config (usable as `init_from`)
     checkpoints/last.pt    resumable state
     plots/*.png
+    investigations/        what `investigate.*` asked for (train/investigations.py)
 """
 
 from __future__ import annotations
