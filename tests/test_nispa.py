@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from sdmcl.data.benchmarks import Task, hold_out_validation
 from sdmcl.errors import ConfigError
 from sdmcl.models.base import TrainingRequest
-from sdmcl.models.nispa import NISPA, NISPAConfig, a_f_schedule, top_activation_units
+from sdmcl.models.nispa import NISPA, NISPAConfig, a_f_schedule, max_phases, top_activation_units
 
 
 def make_task(index, n=80, d=12, classes=(0, 1), val=20):
@@ -45,6 +45,7 @@ def test_cosine_schedule_values():
     assert a_f_schedule(25, 30) == pytest.approx(0.066987, abs=1e-6) and a_f_schedule(25, 30) > 0.05
     assert a_f_schedule(26, 30) == pytest.approx(0.043227, abs=1e-6)
     assert all(a_f_schedule(t + 1, 30) < a_f_schedule(t, 30) for t in range(1, 30))
+    assert max_phases(30, 0.05) == 26 and max_phases(4, 0.05) == 4
 
 
 def test_stable_unit_selection():
@@ -260,8 +261,6 @@ def test_config_checks():
     base = {"data": {"source": "digits"}, "model": {"name": "nispa"}, "optim": {"name": "adam", "lr": 0.01}}
     with pytest.raises(ConfigError, match="train.validation_fraction"):
         parse_config(base)
-    with pytest.raises(ConfigError, match="train.epochs_per_task"):
-        parse_config({**base, "train": {"validation_fraction": 0.1, "epochs_per_task": 9}})
     with pytest.raises(ConfigError, match="optim.weight_decay"):
         parse_config({**base, "optim": {"name": "adam", "weight_decay": 0.01}, "train": {"validation_fraction": 0.1}})
     with pytest.raises(ConfigError, match="model.a_f_floor"):
@@ -353,3 +352,20 @@ def test_multi_head_runs_are_marked_task_incremental(tmp_path, capsys):
     print_run("nispa", rd, summary)
     assert "nispa [task-IL]: final average accuracy" in capsys.readouterr().out
     assert "n [task-IL]" in comparison_table([(cfg, summary)])
+
+
+def test_a_cap_inside_a_phase_keeps_the_task_and_warns(tmp_path):
+    from sdmcl.config import parse_config
+    from sdmcl.train.engine import run
+
+    raw = nispa_config(tmp_path, phase_epochs=5)
+    raw["train"].update(epochs_per_task=7, eval_every=0)  # each task ends 2 epochs into its second phase
+    rd, summary = run(parse_config(raw), log=lambda s: None)
+    lines = [json.loads(x) for x in rd.metrics_path.read_text().splitlines()]
+    assert summary["epochs"] == 14
+    assert lines[0]["stable_units"][0] > 0  # the current candidates became stable
+    first, second = lines[0]["task_aware_accuracy"][0], lines[1]["task_aware_accuracy"][0]
+    assert first > 0.9 and second == first  # task 1 is kept, frozen through task 2
+    (warning,) = summary["warnings"]
+    assert warning.startswith("NISPA: train.epochs_per_task ended tasks before their phases did")
+    assert "26 phases × model.phase_epochs = 130 epochs" in warning

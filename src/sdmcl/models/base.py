@@ -36,7 +36,8 @@ the model's forward under CUDA autocast (the image models; the others train in f
 
 - `on_epoch_end(task, epoch_in_task)`  after each training epoch of `task` (`epoch_in_task`
                              counts from 1), before that epoch's evaluation and checkpoint.
-                             It and `on_task_start` may return a `TrainingRequest` (below).
+                             It, `on_task_start` and `on_task_end` may return a
+                             `TrainingRequest` (below).
 Models trained without gradients set `uses_gradients = False` and implement
 `fit_task(x, y)`: the engine calls it once per epoch with the task's training tensors.
 Model state that is not a parameter (GABA counters, masks) lives in registered buffers,
@@ -62,16 +63,18 @@ from dataclasses import dataclass
 
 @dataclass
 class TrainingRequest:
-    """What a model asks of the engine from `on_task_start` or `on_epoch_end`.
+    """What a model asks of the engine from `on_task_start`, `on_epoch_end` or `on_task_end`.
 
     `reset_optimizer`: continue with a fresh optimizer state (as if the optimizer were built
     anew: no momentum, Adam's moments and step count zero), e.g. at a training phase boundary.
     `end_task`: this task's training is over now, before `train.epochs_per_task` epochs
     (which is then the most a task may take); the engine goes on with `on_task_end`.
+    `warning`: one line the engine prints and records in summary.json (once per run).
     """
 
     reset_optimizer: bool = False
     end_task: bool = False
+    warning: str | None = None
 
 
 @dataclass

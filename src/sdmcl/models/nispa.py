@@ -43,7 +43,9 @@ The engine runs the phases through the model hooks `on_task_start` / `on_epoch_e
 (`TrainingRequest`: a fresh optimizer per phase, the task's end when the phases are over);
 `train.epochs_per_task` is the most epochs a task may take (the paper's schedule ends at
 the latest after 26 phases: 130 epochs with `phase_epochs: 5`). If that cap comes first,
-the task ends as at the a_f floor. All state lives in buffers, so checkpoints resume exactly.
+the phases stop where they are (the best epoch of an unfinished phase, its current
+candidates made stable; chosen then if no phase has ended yet) and the run warns. All
+state lives in buffers, so checkpoints resume exactly.
 """
 
 from __future__ import annotations
@@ -97,10 +99,6 @@ class NISPAConfig(ModelConfig):
         if train.validation_fraction <= 0:
             raise ConfigError("train.validation_fraction: NISPA ends its phases on validation accuracy; "
                               "hold out part of the training data (the paper: 0.1)")
-        if train.epochs_per_task < 2 * self.phase_epochs:
-            raise ConfigError(f"train.epochs_per_task: NISPA needs at least 2 phases per task "
-                              f"(2 × model.phase_epochs = {2 * self.phase_epochs}), got {train.epochs_per_task}; "
-                              "it is the cap on a task's epochs (the paper's phases end at the latest after 26 phases)")
         if run_config.optim.weight_decay != 0:
             raise ConfigError("optim.weight_decay: must be 0 for NISPA (decay would move the frozen weights)")
 
@@ -108,6 +106,14 @@ class NISPAConfig(ModelConfig):
 def a_f_schedule(t: int, period: float) -> float:
     """The stable-activation fraction of phase t (from 1): cosine annealing from ~1 to 0."""
     return 0.5 * (1.0 + math.cos(t * math.pi / period))
+
+
+def max_phases(period: float, floor: float) -> int:
+    """The phase at which a_f first falls to the floor: no task has more phases."""
+    t = 1
+    while a_f_schedule(t, period) > floor:
+        t += 1
+    return t
 
 
 def top_activation_units(act: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -257,9 +263,24 @@ class NISPA(nn.Module):
         return self.end_phase(task)
 
     @torch.no_grad()
-    def on_task_end(self, task) -> None:
-        if not bool(self.finished):  # train.epochs_per_task ended the task first: as at the a_f floor
-            self.finish_task(task)
+    def on_task_end(self, task) -> TrainingRequest | None:
+        if bool(self.finished):
+            return None
+        # train.epochs_per_task ended the task before its phases did: the phases stop where
+        # they are (the best epoch of an unfinished phase) and the current candidates become
+        # stable; with no phase ended yet, candidates are chosen now at a_f(t), cut and regrown
+        if bool(self.phase_has_best):
+            self.restore("best")
+        if not bool(self.has_previous):
+            self.select_candidates(task, self.a_f())
+            dropped = self.drop_into_candidates()
+            if self.cfg.rewire:
+                self.regrow(dropped, torch.Generator().manual_seed(_seed(self.mask_seed, "rewire", int(self.task_index), "cut")))
+        self.finish_task(task, revert=False)
+        t_max = max_phases(self.cfg.a_f_period, self.cfg.a_f_floor)
+        return TrainingRequest(warning=(
+            "NISPA: train.epochs_per_task ended tasks before their phases did (they stopped where they were); "
+            f"NISPA as published needs up to {t_max} phases × model.phase_epochs = {t_max * self.cfg.phase_epochs} epochs per task"))
 
     def neuron_stats(self) -> dict:
         return {
@@ -403,14 +424,15 @@ class NISPA(nn.Module):
         return (mean + std * torch.randn(n, generator=gen, dtype=torch.float64)).float()
 
     @torch.no_grad()
-    def finish_task(self, task) -> None:
-        """Revert to the last accepted phase, make its candidates stable, freeze the
-        connections between stable units and re-initialise everything else."""
+    def finish_task(self, task, revert: bool = True) -> None:
+        """Revert to the last accepted phase (`revert`, if one was accepted), make its
+        candidates stable, freeze the connections between stable units and re-initialise
+        everything else."""
         n = len(self.layers)
-        if bool(self.has_previous):
+        if revert and bool(self.has_previous):
             self.restore("prev")
             final = [self.buf("candidate_prev", i) for i in range(n)]
-        else:  # no phase was accepted (cannot happen with >= 2 phases per task): keep the current state
+        else:
             final = self.candidates()
         for i in range(n):
             self.buf("stable", i).copy_(final[i])

@@ -576,7 +576,7 @@ class Engine:
                 if last:
                     break
             t0 = time.perf_counter()
-            call_hook(self.model, "on_task_end", task)
+            self.apply_request(call_hook(self.model, "on_task_end", task))
             entry = self.record(task, st.next_epoch_in_task, loss, full=True)
             # importance passes after the task's evaluation; with gaba_counting `reference` they
             # count, except after the last task (the reference computed them only when a next
@@ -607,6 +607,8 @@ class Engine:
             return False
         if request.reset_optimizer and self.optimizer is not None:
             self.optimizer = build_optimizer(self.cfg.optim, self.params)
+        if request.warning:
+            self.warn(request.warning)
         return bool(request.end_task)
 
     def finish(self) -> dict:
