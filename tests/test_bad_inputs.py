@@ -143,7 +143,7 @@ def test_malformed_yaml(tmp_path, capsys):
     path.write_text("model:\n  k: [1, 2\n")
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "bad.yaml: line" in err and "malformed YAML" in err and err.count("\n") == 1
+    assert "bad.yaml:3:1: malformed YAML" in err and err.count("\n") == 1
 
 
 def test_missing_config_and_bad_override(tmp_path, capsys):

@@ -38,8 +38,8 @@ def fake_run(root: Path, cfg, final: float, tasks=(0.1, 0.2, 0.3, 0.4, 0.5), cur
     (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     if finished:
         summary = {"name": cfg.name, "seed": cfg.seed, "final_average_accuracy": final, "forgetting": 0.5,
-                   "backward_transfer": -0.5, "final_task_accuracy": list(tasks), "seconds_per_epoch": 0.01,
-                   "epochs": E * len(tasks)}
+                   "backward_transfer": -0.5, "final_task_accuracy": list(tasks), "final_task_aware_accuracy": final,
+                   "seconds_per_epoch": 0.01, "epochs": E * len(tasks)}
         (d / "summary.json").write_text(json.dumps(summary))
     return d
 

@@ -15,20 +15,18 @@ from sdmcl.errors import DivergenceError, UserError
 
 
 def cmd_run(args) -> int:
-    from sdmcl.config import parse_config, read_yaml
+    from sdmcl.config import read_yaml
 
+    run_dir = None
     if args.resume:
-        rd_path = Path(args.resume)
-        cfg_path = rd_path / "config.yaml"
-        if not cfg_path.is_file():
-            raise UserError(f"{rd_path}: not a run directory (no config.yaml); give the directory printed by `sdmcl run`")
-        cfg = parse_config(read_yaml(cfg_path))
-        from sdmcl.train.rundir import run_dir_for
+        # `--resume DIR key=value`: argparse takes the first override for the config
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        if args.config and "=" not in args.config:
+            raise UserError(f"sdmcl run: give either a config ({args.config}) or --resume RUN_DIR, not both")
+        from sdmcl.train.rundir import config_for_resume
 
-        if run_dir_for(cfg).resolve() != rd_path.resolve():
-            cfg.output.dir = str(rd_path.parent)
-        runs = [(cfg.name, cfg)]
-        resume = True
+        cfg = config_for_resume(args.resume, overrides)
+        runs, resume, run_dir = [(cfg.name, cfg)], True, args.resume
     else:
         if not args.config:
             raise UserError("sdmcl run: give a config file (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
@@ -40,7 +38,7 @@ def cmd_run(args) -> int:
         for note in notes:
             print(f"note: {note}")
         resume = None
-    report = launch(runs, args, resume=resume)
+    report = launch(runs, args, resume=resume, run_dir=run_dir)
     if len(report.results) > 1:
         print()
         print(results_table(report))
@@ -64,13 +62,13 @@ def run_stages(args) -> int:
     return code
 
 
-def launch(runs, args, resume=None):
+def launch(runs, args, resume=None, run_dir=None):
     """run_many with the launch options of the command line."""
     from sdmcl.launch import parse_shard, run_many
 
     return run_many(runs, resume=resume, progress=not args.no_progress, jobs=args.jobs, backend=args.backend,
                     address=args.address, shard=parse_shard(args.shard), rerun=args.rerun,
-                    oversubscribe=args.oversubscribe, gpus_per_run=args.gpus_per_run)
+                    oversubscribe=args.oversubscribe, gpus_per_run=args.gpus_per_run, run_dir=run_dir)
 
 
 def results_table(report) -> str:
@@ -113,6 +111,10 @@ def cmd_compare(args) -> int:
             runs.append((label if label != cfg.name or len(args.configs) == 1 else Path(path).stem, cfg))
     from sdmcl.report import comparison
 
+    if args.out:
+        from sdmcl.preflight import check_output_file
+
+        check_output_file(args.out, "--out")  # before any training
     report = launch(runs, args)
     print()
     # rows group runs by config (not by label or file), exactly as `sdmcl report` does
@@ -123,7 +125,12 @@ def cmd_compare(args) -> int:
     if notes:
         print("\n" + notes, file=sys.stdout if args.format in ("text", "markdown") else sys.stderr)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        from sdmcl.errors import OutputError
+
+        try:
+            Path(args.out).write_text(table + "\n")
+        except OSError as e:
+            raise OutputError(f"--out {args.out}: could not write the table ({e.strerror or e}); it is printed above") from None
     return finish_launch(report)
 
 
@@ -336,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"sdmcl: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a path the user gave that the system refuses (too long, no permission, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"sdmcl: error: {where}{e.strerror or e}; check that path", file=sys.stderr)
+        return 2
     except DivergenceError as e:
         print(f"sdmcl: error: {e}", file=sys.stderr)
         return e.exit_code

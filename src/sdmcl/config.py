@@ -16,16 +16,17 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from sdmcl.errors import ConfigError
 from sdmcl.registry import LOGGERS, MODELS, REGULARIZERS, load_all
+from sdmcl.strict_yaml import YAMLFileError, load_yaml_file, loads_yaml
 
 
 @dataclass
@@ -64,8 +65,9 @@ class TrainConfig:
     batch_size: int = 128
     eval_every: int = 1  # evaluate seen tasks every N epochs; 0 = only at task ends
     eval_batch_size: int = 512  # chunks whose activations stay in cache: fastest on CPU here (docs/speed.md)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # torch CPU threads; null = torch's default
+    oversubscribe: bool = False  # allow train.threads above the cores this process may use
     flush_denormal: bool = True  # CPU: treat floats below 1e-38 as 0 (denormals make matmuls ~10% slower)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # mixed precision (CUDA, image models): autocast, + loss scaling for fp16
     restart_k_schedule: bool = False  # with init_from: k schedules restart at epoch 0 instead of continuing the pretraining's count
@@ -149,7 +151,8 @@ class RunConfig:
 # live, how many threads run it, how evaluation is chunked. The run stamp and the grouping of
 # runs into table rows ignore them. (`data.path` is replaced in the stamp by a hash of the
 # files' content where the source has no pinned checksums: data/fingerprint.py.)
-NON_RESULT_KEYS = ("output", "investigate", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download", "data.path")
+NON_RESULT_KEYS = ("output", "investigate", "train.threads", "train.eval_batch_size", "data.data_dir", "data.download", "data.path",
+                   "train.oversubscribe")
 
 
 def result_identity(d: dict) -> dict:
@@ -165,6 +168,22 @@ def result_identity(d: dict) -> dict:
     return d
 
 
+def result_differences(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every key that changes results and differs."""
+    out = []
+
+    def walk(x, y, prefix):
+        for key in sorted(set(x) | set(y), key=str):
+            vx, vy = x.get(key), y.get(key)
+            if isinstance(vx, dict) and isinstance(vy, dict):
+                walk(vx, vy, f"{prefix}{key}.")
+            elif vx != vy:
+                out.append((f"{prefix}{key}", vx, vy))
+
+    walk(result_identity(a), result_identity(b), "")
+    return out
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """A nested config dict as dotted keys: {'model': {'k': 5}} → {'model.k': 5} (lists stay values)."""
     out: dict[str, Any] = {}
@@ -178,6 +197,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 EXPERIMENT_KEYS = ("seeds", "variants", "grid")
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# train.device: auto, cpu, mps, cuda or cuda:N (whether the device exists is checked by preflight.py)
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 
 # AdamW's weight decay when optim.weight_decay is not given: the reference's default for its
 # MLPs (`adamw_l2_loss_weight`; its ConvMixer used 0.005, set explicitly)
@@ -200,6 +222,10 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+class _ValueOutOfRange(ConfigError):
+    """A value of the right type that no field of that type accepts (nan, 2**70, a NUL)."""
+
+
 def _coerce(value: Any, tp, key: str) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -207,6 +233,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key)
+            except _ValueOutOfRange:
+                raise  # the right type but an impossible value: that message is the useful one
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -230,18 +258,35 @@ def _coerce(value: Any, tp, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT_MIN <= value <= INT_MAX:
+                raise _ValueOutOfRange(f"{key}: {value} is out of range (integers are 64-bit: |value| < 2**63)")
+            return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            # one place for every configured float: nan and inf would pass any range check
+            # (every comparison with nan is false) and surface later as "divergence"
+            try:
+                number = float(value)
+            except OverflowError:
+                raise _ValueOutOfRange(f"{key}: {value} is too large for a float; give a finite number") from None
+            if not math.isfinite(number):
+                raise _ValueOutOfRange(f"{key}: must be a finite number, got {value}")
+            return number
     elif tp is str:
         if isinstance(value, str):
+            if "\0" in value:
+                raise _ValueOutOfRange(f"{key}: contains a NUL character; give plain text")
             return value
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected text, got {value!r} (YAML reads yes/no/on/off/true/false as "
+                              f"booleans); quote it: '{value}'")
     else:
         raise TypeError(f"unsupported config type {tp!r} for {key}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value} (not a finite number)")
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
@@ -272,6 +317,8 @@ def _registered_section(table, raw: Any, prefix: str, default: str, what: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: expected a mapping with at least 'name', got {raw!r}")
     name = raw.get("name", default)
+    if not isinstance(name, str):
+        raise ConfigError(f"{prefix}.name: expected the name of a {what}, got {name!r}; choose from {', '.join(sorted(table))}")
     if name not in table:
         near = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
@@ -322,6 +369,8 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"train.validation_fraction: must be in [0, 1) (0 = no validation split), got {cfg.train.validation_fraction}")
     if cfg.train.threads is not None and cfg.train.threads < 1:
         raise ConfigError(f"train.threads: must be >= 1 or null, got {cfg.train.threads}")
+    if not DEVICE_PATTERN.match(cfg.train.device):
+        raise ConfigError(f"train.device: {cfg.train.device!r} is not a device; use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if cfg.optim.grad_clip is not None and not cfg.optim.grad_clip > 0:
@@ -345,6 +394,8 @@ def check(cfg: RunConfig) -> None:
             raise ConfigError(f"benchmark.classes_per_task: {cfg.benchmark.classes_per_task} does not divide the {len(order)} classes of benchmark.class_order")
     if order == "seeded" and cfg.benchmark.class_order_seed is None:
         raise ConfigError("benchmark.class_order_seed: required when class_order is 'seeded' (the paper used 3, 15, 27, 97)")
+    if cfg.benchmark.class_order_seed is not None and not 0 <= cfg.benchmark.class_order_seed < 2**32:
+        raise ConfigError(f"benchmark.class_order_seed: must be in 0..2**32-1 (a numpy RandomState seed), got {cfg.benchmark.class_order_seed}")
     if order != "seeded" and cfg.benchmark.class_order_seed is not None:
         raise ConfigError("benchmark.class_order_seed: only used with class_order: seeded; set class_order: seeded or remove it")
     check_run = getattr(cfg.model, "check_run", None)  # a model's checks of settings outside its own section
@@ -423,22 +474,18 @@ def check_loggers(names: list[str]) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A config or experiment file as plain data, read by the strict YAML reader (strict_yaml.py)."""
     p = Path(path)
     if not p.is_file():
+        if p.is_dir():
+            raise ConfigError(f"{path}: is a directory, not a config file (to continue a run in it: sdmcl run --resume {path})")
         raise ConfigError(f"{path}: config file not found; see `sdmcl list` for the experiments shipped in experiments/")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: malformed YAML ({problem}); fix the syntax there") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; a config is a YAML file") from None
+    raw = load_yaml_file(p)
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{path}: the file is empty; a config needs at least its data and model "
+                          "(see experiments/quickstart.yaml; write {} to train every default)")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got a {type(raw).__name__}")
     return raw
 
 
@@ -449,10 +496,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"{text!r}: an override is key=value with a non-empty key")
+    if not value.strip():
+        return key, None
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
+        parsed = loads_yaml(value, f"override {key}")
+    except YAMLFileError:
+        if value.lstrip()[:1] in ("[", "{"):
+            raise
+        parsed = value  # on the command line, a value YAML cannot read as plain data is text
     return key, parsed
 
 

@@ -27,8 +27,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from sdmcl.config import (
     AugmentConfig,
     BenchmarkConfig,
@@ -46,6 +44,7 @@ from sdmcl.config import (
 )
 from sdmcl.errors import ConfigError
 from sdmcl.registry import MODELS, REGULARIZERS, load_all
+from sdmcl.strict_yaml import YAMLFileError, loads_yaml
 
 _PLAIN_SECTIONS = {"data": DataConfig, "benchmark": BenchmarkConfig, "optim": OptimConfig,
                    "train": TrainConfig, "augment": AugmentConfig, "output": OutputConfig, "investigate": InvestigateConfig}
@@ -66,7 +65,7 @@ class PlannedRun:
 
 def _uses_gradients(raw: dict) -> bool:
     name = (raw.get("model") or {}).get("name", "sdmlp") if isinstance(raw.get("model"), dict) else "sdmlp"
-    entry = MODELS.get(name)
+    entry = MODELS.get(name) if isinstance(name, str) else None
     return entry is None or getattr(entry.build, "uses_gradients", True)
 
 
@@ -82,7 +81,7 @@ def section_keys(raw: dict, section: str) -> list[str]:
         table, default = _REGISTERED_SECTIONS[section]
         node = raw.get(section)
         name = node.get("name", default) if isinstance(node, dict) else default
-        entry = table.get(name)
+        entry = table.get(name) if isinstance(name, str) else None
         return [f.name for f in dataclasses.fields(entry.config_class)] if entry else ["name"]
     return []
 
@@ -132,9 +131,9 @@ def parse_grid_arg(text: str) -> tuple[str, list]:
     key, rhs = text.split("=", 1)
     key = key.strip()
     try:
-        values = yaml.safe_load("[" + rhs + "]")
-    except yaml.YAMLError:
-        raise ConfigError(f"--grid {text!r}: the values are not a comma-separated list; e.g. --grid model.k=1,5,10") from None
+        values = loads_yaml("[" + rhs + "]", f"--grid {key}")
+    except YAMLFileError as e:
+        raise ConfigError(f"--grid {text!r}: the values are not a comma-separated list ({e}); e.g. --grid model.k=1,5,10") from None
     return key, values
 
 
@@ -194,13 +193,15 @@ def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: lis
     for key, _ in cli:
         axes.pop(key, None)  # an override fixes that axis to its one value
     if seeds is None:
-        seeds = [raw.get("seed", 0)]
+        seeds = [_coerce(raw.get("seed", 0), int, "seed")]
+    # the name labels and prefixes the runs below: checked before it is used
+    name = _coerce(raw.get("name", "run" if variants is None else "exp"), str, "name")
     seeds = _coerce(seeds if isinstance(seeds, list) else [seeds], list[int], "seeds")
     if not seeds:
         raise ConfigError("seeds: the list is empty; give at least one seed or remove the key")
     explicit = variants is not None
     if variants is None:
-        variants = {raw.get("name", "run"): {}}
+        variants = {name: {}}
     if not isinstance(variants, dict) or not variants:
         raise ConfigError("variants: expected a mapping of label to overrides, e.g. {sdmlp: {model.name: sdmlp}}")
 
@@ -222,7 +223,7 @@ def expand(raw: dict, overrides: list[str] = (), grid: list[str] = (), only: lis
                 set_dotted(base, key, value)
         base.setdefault("name", label)
         if len(variants) > 1:
-            base["name"] = f"{raw.get('name', 'exp')}-{label}"
+            base["name"] = f"{name}-{label}"
         variant_raws.append(base)
         seen_points = set()
         for values in itertools.product(*(axes[k] for k in axis_keys)) if axis_keys else [()]:

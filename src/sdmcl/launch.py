@@ -116,10 +116,9 @@ def take_shard(runs: list, shard: tuple[int, int] | None) -> list:
 
 
 def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    from sdmcl.preflight import usable_cores
+
+    return usable_cores()
 
 
 def divide_threads(runs: list, jobs: int, oversubscribe: bool) -> list:
@@ -134,7 +133,7 @@ def divide_threads(runs: list, jobs: int, oversubscribe: bool) -> list:
         cfg = copy.deepcopy(cfg)
         if cfg.train.threads is None:
             cfg.train.threads = max(1, cores // jobs)
-        elif cfg.train.threads * jobs > cores and not oversubscribe:
+        elif cfg.train.threads * jobs > cores and not (oversubscribe or cfg.train.oversubscribe):
             raise ConfigError(f"train.threads={cfg.train.threads} × --jobs {jobs} needs {cfg.train.threads * jobs} cores but "
                               f"this machine has {cores}; lower train.threads or --jobs, or add --oversubscribe")
         out.append((label, cfg))
@@ -169,9 +168,10 @@ def _prepared_for(cfg):
 
 
 def train_one(label: str, cfg, rerun: bool = False, resume: bool | None = None, quiet: bool = True,
-              progress: bool = False, log=None, command: str | None = None) -> Outcome:
+              progress: bool = False, log=None, command: str | None = None, run_dir: str | None = None) -> Outcome:
     """Train (or reuse, or resume) one run; every expected way it can end becomes an Outcome.
-    A module-level function so worker processes and Ray tasks can import it."""
+    A module-level function so worker processes and Ray tasks can import it. `run_dir`: where
+    the run lives when that is not `output.dir/<name>-<stamp>` (a resumed, renamed run)."""
     from sdmcl.errors import DivergenceError
     from sdmcl.train.engine import StopRequested, run
     from sdmcl.train.rundir import RunDir, RunLocked, run_dir_for
@@ -181,16 +181,15 @@ def train_one(label: str, cfg, rerun: bool = False, resume: bool | None = None, 
     if command is not None:
         provenance.set_command(command)
     t0 = time.perf_counter()
-    rd_path = str(RunDir(run_dir_for(cfg)).path)
+    rd = RunDir(Path(run_dir) if run_dir is not None else run_dir_for(cfg))
     if log is None:
         log = (lambda s: None) if quiet else print
-    outcome = Outcome(label, cfg.seed, rd_path, "error")
+    outcome = Outcome(label, cfg.seed, str(rd.path), "error")
     try:
         prepared = None
-        rd = RunDir(run_dir_for(cfg))
-        if not (rd.is_finished() and not rerun and not resume):
+        if not (rd.is_finished() and not rerun):
             prepared = _prepared_for(cfg)
-        rd, summary = run(cfg, resume=resume, progress=progress, log=log, prepared=prepared, rerun=rerun)
+        rd, summary = run(cfg, resume=resume, progress=progress, log=log, prepared=prepared, rerun=rerun, run_dir=rd.path)
         outcome.status = "reused" if rd.reused else "finished"
         outcome.summary = summary
     except RunLocked as e:
@@ -245,9 +244,17 @@ class _Progress:
 
 def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "local", address: str | None = None,
              shard: tuple[int, int] | None = None, rerun: bool = False, oversubscribe: bool = False,
-             gpus_per_run: float | None = None) -> LaunchReport:
-    """Run every (label, RunConfig) not yet finished. Returns what became of each run."""
+             gpus_per_run: float | None = None, run_dir: str | Path | None = None) -> LaunchReport:
+    """Run every (label, RunConfig) not yet finished. Returns what became of each run.
+
+    Before the first run trains, every run to train is checked against this machine (device,
+    threads, output paths, memory for `jobs` runs at once; with Ray each run is checked where
+    it starts). `run_dir`: where a single resumed run lives (it may have been renamed or moved)."""
+    from sdmcl.preflight import check_runs
     from sdmcl.train.rundir import RunDir, RunLocked, run_dir_for
+
+    def where(cfg) -> Path:
+        return Path(run_dir) if run_dir is not None else run_dir_for(cfg)
 
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
@@ -262,25 +269,35 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
     runs = take_shard(runs, shard)
     if shard is not None:
         print(f"shard {shard[0]}/{shard[1]}: {len(runs)} of {report.total_runs} runs")
+    if oversubscribe:  # --oversubscribe: more threads than cores is the user's explicit choice
+        runs = [(label, copy.deepcopy(cfg)) for label, cfg in runs]
+        for _, cfg in runs:
+            cfg.train.oversubscribe = True
     if jobs > 1:
         runs = divide_threads(runs, jobs, oversubscribe)
     if backend == "ray":
         runs = [(label, _absolute_paths(cfg)) for label, cfg in runs]
 
+    from sdmcl.preflight import check_path_lengths
+
+    for _, cfg in runs:  # before anything looks at the directories: a name too long cannot even be looked up
+        check_path_lengths(where(cfg))
     owners: dict[Path, str] = {}
     for label, cfg in runs:
-        path = run_dir_for(cfg).resolve()
+        path = where(cfg).resolve()
         if path in owners:
             raise ConfigError(f"runs {owners[path]!r} and {label!r} (seed {cfg.seed}) are the same config and would "
-                              f"share {run_dir_for(cfg)}; give them different settings or drop one")
+                              f"share {where(cfg)}; give them different settings or drop one")
         owners[path] = label
 
     outcomes: list[Outcome | None] = [None] * len(runs)
     todo = []
     for i, (label, cfg) in enumerate(runs):
-        rd = RunDir(run_dir_for(cfg))
-        if rd.is_finished() and not rerun and not resume:
-            outcomes[i] = o = train_one(label, cfg, log=print)  # reads the summary, says who made it
+        rd = RunDir(where(cfg))
+        if rd.is_finished() and not rerun:
+            outcomes[i] = o = train_one(label, cfg, log=print, run_dir=run_dir)  # reads the summary, says who made it
+            if o.status == "error":  # e.g. a damaged summary.json: say so before training anything
+                raise UserError(o.message)
             if len(runs) == 1 and o.summary is not None:
                 print_run(label, rd, o.summary)
             continue
@@ -293,6 +310,10 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
             continue
         todo.append(i)
 
+    if backend != "ray":
+        check_runs([(runs[i][1], where(runs[i][1])) for i in todo], _prepared_for, concurrent=min(jobs, len(todo)))
+        if jobs > 1:
+            _prepared_cache.clear()  # the worker processes load their own data
     bar = _Progress(len(todo), progress)
     try:
         if backend == "ray":
@@ -300,7 +321,7 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
         elif jobs > 1:
             _run_processes(runs, todo, outcomes, bar, rerun, resume, jobs)
         else:
-            _run_here(runs, todo, outcomes, bar, rerun, resume, progress)
+            _run_here(runs, todo, outcomes, bar, rerun, resume, progress, run_dir)
     finally:
         bar.close()
     for o, (_, cfg) in zip(outcomes, runs):
@@ -318,7 +339,7 @@ def run_many(runs, resume=None, progress=True, jobs: int = 1, backend: str = "lo
     return report
 
 
-def _run_here(runs, todo, outcomes, bar, rerun, resume, progress) -> None:
+def _run_here(runs, todo, outcomes, bar, rerun, resume, progress, run_dir=None) -> None:
     """One after another in this process, with the engine's per-task lines and bar."""
     single = len(runs) == 1
     for i in todo:
@@ -332,7 +353,7 @@ def _run_here(runs, todo, outcomes, bar, rerun, resume, progress) -> None:
         log(f"== {label} (seed {cfg.seed}) — {cfg.model.name}"
             + (f" + {cfg.regularizer.name}" if cfg.regularizer.name != "none" else "")
             + f", {len(prepared.tasks)} tasks × {cfg.train.epochs_per_task} epochs on {prepared.dataset_name}")
-        o = train_one(label, cfg, rerun=rerun, resume=resume, quiet=False, progress=progress, log=log)
+        o = train_one(label, cfg, rerun=rerun, resume=resume, quiet=False, progress=progress, log=log, run_dir=run_dir)
         outcomes[i] = o
         if single and o.summary is not None:
             from sdmcl.train.rundir import RunDir

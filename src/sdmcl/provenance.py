@@ -109,6 +109,7 @@ def read(run_dir: Path) -> dict:
         return {"sessions": []}
     if not isinstance(data, dict) or not isinstance(data.get("sessions"), list):
         return {"sessions": []}
+    data["sessions"] = [s for s in data["sessions"] if isinstance(s, dict)]  # a damaged record is no record
     return data
 
 

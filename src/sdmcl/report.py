@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sdmcl.config import flatten, result_identity
 from sdmcl.errors import OutputError, UserError
 
@@ -48,7 +46,6 @@ METRICS = (
     ("forgetting", "forgetting %", 100.0),
     ("backward_transfer", "BWT %", 100.0),
 )
-REQUIRED_SUMMARY_KEYS = ("final_average_accuracy", "forgetting", "backward_transfer", "final_task_accuracy")
 MAX_LABEL_KEYS = 4
 
 
@@ -109,59 +106,29 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+# The readers of run-directory files are those of `sdmcl.train.rundir` (one place validates
+# every artefact read back); these take the file's path, as the rest of this module does.
+
+
 def read_summary(path: Path) -> dict:
-    """summary.json as a dict with finite headline metrics; UserError naming the defect."""
-    try:
-        summary = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise OutputError(f"{path}: not valid JSON (line {e.lineno}); the file is damaged") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise OutputError(f"{path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
-    if not isinstance(summary, dict):
-        raise OutputError(f"{path}: expected a JSON object, found {type(summary).__name__}")
-    for key in REQUIRED_SUMMARY_KEYS:
-        if key not in summary:
-            raise OutputError(f"{path}: no {key!r}; the file is incomplete")
-    for key in REQUIRED_SUMMARY_KEYS[:-1]:
-        if not _finite(summary[key]):
-            raise OutputError(f"{path}: {key} is {summary[key]!r}, not a finite number")
-    accs = summary["final_task_accuracy"]
-    if not isinstance(accs, list) or not accs or not all(_finite(a) for a in accs):
-        raise OutputError(f"{path}: final_task_accuracy must be a non-empty list of numbers")
-    return summary
+    """summary.json, validated; UserError naming the file and the defect."""
+    from sdmcl.train.rundir import read_summary as read
+
+    return read(Path(path).parent)
 
 
 def read_config(path: Path) -> dict:
-    """config.yaml as a dict; UserError naming the defect."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError:
-        raise OutputError(f"{path}: malformed YAML; the file is damaged") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise OutputError(f"{path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
-    if not isinstance(raw, dict):
-        raise OutputError(f"{path}: expected a mapping of config keys")
-    return raw
+    """config.yaml as plain data, read by the strict YAML reader; UserError naming the defect."""
+    from sdmcl.train.rundir import read_run_config_dict
+
+    return read_run_config_dict(Path(path).parent)
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl as a list of dicts; UserError naming the first bad line."""
-    out = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise OutputError(f"{path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            raise OutputError(f"{path}: line {i} is not valid JSON; the file is damaged") from None
-        if not isinstance(entry, dict):
-            raise OutputError(f"{path}: line {i} is not a JSON object")
-        out.append(entry)
-    return out
+    """metrics.jsonl, every line validated; UserError naming the first bad line."""
+    from sdmcl.train.rundir import read_metrics as read
+
+    return read(Path(path).parent)
 
 
 def is_run_dir(path: Path) -> bool:

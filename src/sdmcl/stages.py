@@ -276,8 +276,8 @@ def reproduces_line(path: Path) -> str:
     note = raw.get("reproduces") if isinstance(raw, dict) else None
     if isinstance(note, str) and note.strip():
         return note.strip()
-    text = path.read_text()
-    first = text.splitlines()[0] if text else ""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    first = lines[0] if lines else ""
     return first.lstrip("# ").strip()
 
 

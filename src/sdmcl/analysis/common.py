@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from sdmcl.errors import UserError
 
@@ -60,17 +58,11 @@ class Run:
         return paths
 
     def metrics(self) -> list[dict]:
-        p = self.path / "metrics.jsonl"
-        if not p.is_file():
+        from sdmcl.train.rundir import read_metrics  # validated, like every artefact read back
+
+        if not (self.path / "metrics.jsonl").is_file():
             return []
-        out = []
-        for i, line in enumerate(p.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UserError(f"{p}: line {i} is not JSON; the file is damaged — re-run the run") from None
-        return out
+        return read_metrics(self.path)
 
     def require_summary(self, what: str) -> dict:
         if self.summary is None:
@@ -87,20 +79,11 @@ def load_snapshot(path: Path) -> dict:
 
 
 def _read_run(path: Path) -> Run:
-    cfg_path = path / "config.yaml"
-    try:
-        config = yaml.safe_load(cfg_path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{cfg_path}: unreadable run config ({str(e).splitlines()[0]})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{cfg_path}: not a run config")
-    summary = None
-    sp = path / "summary.json"
-    if sp.is_file():
-        try:
-            summary = json.loads(sp.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{sp}: damaged summary (not JSON); delete it and resume the run to rewrite it") from None
+    # the validating readers of every run-directory file (strict YAML, checked summary.json)
+    from sdmcl.train.rundir import read_run_config_dict, read_summary
+
+    config = read_run_config_dict(path)
+    summary = read_summary(path) if (path / "summary.json").is_file() else None
     return Run(path=path, config=config, summary=summary)
 
 

@@ -56,9 +56,9 @@ def analyze(run_args: list[str], out: Path, **_) -> str:
             if not sp.is_file():
                 raise UserError(f"{run.path}: its init_from {init} is not in a finished run directory (no {sp}); "
                                 "give the pretraining accuracy by adding the pretraining run instead")
-            import json
+            from sdmcl.train.rundir import read_summary
 
-            g["pretrain"].append(json.loads(sp.read_text())["final_average_accuracy"])
+            g["pretrain"].append(read_summary(pre_dir)["final_average_accuracy"])
     rows = []
     for (model, k), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         pm, pe = mean_sem(g["pretrain"]) if g["pretrain"] else (math.nan, math.nan)

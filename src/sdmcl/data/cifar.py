@@ -88,7 +88,13 @@ def parse_batch(raw: bytes, label_key: bytes, num_classes: int, where: str) -> t
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         shape = getattr(data, "shape", None)
         raise DataError(f"{where}: images are {type(data).__name__} {shape}, not uint8 (N, 3072); {hint}")
-    labels = np.asarray(labels, dtype=np.int64)
+    try:
+        labels = np.asarray(labels)
+    except Exception as err:  # ragged or odd objects
+        raise DataError(f"{where}: labels are not an array ({type(err).__name__}); {hint}") from None
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels are {labels.dtype}, not integer class ids; {hint}")
+    labels = labels.astype(np.int64)
     if labels.shape != (len(data),):
         raise DataError(f"{where}: {len(data)} images but labels of shape {labels.shape}; {hint}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):

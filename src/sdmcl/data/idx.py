@@ -9,6 +9,7 @@ gzipped when it starts with the gzip magic bytes 1f 8b, whatever its name.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def parse_idx(content: bytes, path: str | Path = "<bytes>") -> np.ndarray:
         raise _corrupt(path, f"the header declares {ndim} dimensions but the file ends inside the header")
     shape = tuple(int(s) for s in np.frombuffer(content, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if 0 in shape:
+        raise _corrupt(path, f"the header declares an empty array {shape}")
+    expected = math.prod(shape) * dtype.itemsize  # exact: a product of four uint32 sizes overflows int64
     payload = len(content) - header_len
     if payload != expected:
         raise _corrupt(path, f"header says {shape} ({expected} data bytes) but {payload} data bytes follow")

@@ -424,6 +424,7 @@ def _load_digits(info, path, data_dir, pixel_scale, download, checks) -> Dataset
 
 # ---- feature files ------------------------------------------------------------------------
 
+MAX_CLASS_ID = 2**20 - 1  # a larger label is damage, not a class: it would size every per-class table
 EMBEDDING_PAIRS = (("all_data_train.pt", "all_data_test.pt"), ("train.pt", "test.pt"), ("train.npz", "test.npz"))
 
 
@@ -458,16 +459,19 @@ def _as_numpy(value, file: Path, what: str) -> np.ndarray:
 def _split(x, y, file: Path) -> tuple[np.ndarray, np.ndarray]:
     """Checked float32 features (N, …) and int64 labels (N,)."""
     x, y = _as_numpy(x, file, "features"), _as_numpy(y, file, "labels")
-    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    real = np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)
+    if x.ndim < 2 or not (real or x.dtype == bool):
         raise DataError(f"{file}: features must be a numeric array of shape (N, D); got {x.dtype} {x.shape}")
+    if len(x) == 0 or x[0].size == 0:
+        raise DataError(f"{file}: features of shape {x.shape} hold no samples or no values per sample; the file is empty or truncated")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{file}: {len(x)} feature rows but labels of shape {y.shape}; they must pair up one to one")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
             raise DataError(f"{file}: labels must be integer class ids; got {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() > MAX_CLASS_ID):
+        raise DataError(f"{file}: labels from {y.min():g} to {y.max():g}; labels must be class ids 0..C-1 (C up to {MAX_CLASS_ID + 1:,})")
     y = y.astype(np.int64)
-    if y.size and y.min() < 0:
-        raise DataError(f"{file}: negative labels (min {int(y.min())}); labels must be class ids 0..C-1")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{file}: features contain NaN or infinite values; recompute or clean the file")
@@ -531,9 +535,12 @@ def _load_embeddings(info, path, data_dir, pixel_scale, download, checks) -> Dat
         raise DataError(f"{root}: train samples have shape {train_x.shape[1:]} but test samples {test_x.shape[1:]}")
     num_classes = int(max(train_y.max(initial=-1), test_y.max(initial=-1))) + 1
     if declared is not None:
-        if int(declared) < num_classes:
-            raise DataError(f"{root}: num_classes is {int(declared)} but labels go up to {num_classes - 1}")
-        num_classes = int(declared)
+        value = _as_numpy(declared, root, "num_classes")
+        if value.shape != () or not np.issubdtype(value.dtype, np.integer) or not 1 <= int(value) <= MAX_CLASS_ID + 1:
+            raise DataError(f"{root}: num_classes must be one integer in 1..{MAX_CLASS_ID + 1:,}; got {value.dtype} {value.shape}")
+        if int(value) < num_classes:
+            raise DataError(f"{root}: num_classes is {int(value)} but labels go up to {num_classes - 1}")
+        num_classes = int(value)
     if checks is not None:
         checks.extend(f"{f}: your file (no official checksum)" for f in files)
     return Dataset(

@@ -6,13 +6,19 @@ included: an `init_from` run continues its k schedule from there) and, for resum
 checkpoints, `optimizer`, `regularizer`, `position` and `history`. It is written to a temporary file in the same
 directory, flushed and fsync'ed, then renamed over the old one, so a crash at any moment
 leaves the previous good checkpoint intact.
+
+Reading one back checks it: the CRC of every record of the archive (torch.load does not,
+so a flipped byte in the weights would load silently), unpickling of plain data and
+tensors only (`weights_only`: a tampered file cannot run code), the structure, and that
+every float tensor is finite. Any problem is a `CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -57,6 +63,12 @@ def save_checkpoint(path: Path, payload: dict, before_replace=None) -> None:
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     p = Path(path)
+    try:
+        p.stat()
+    except FileNotFoundError:
+        pass  # reported below
+    except OSError as e:  # too long a name, no permission, a loop of links
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); give the path of a checkpoint or a run directory") from None
     if p.is_dir():
         for candidate in (p / "model.pt", p / "checkpoints" / "last.pt"):
             if candidate.is_file():
@@ -66,14 +78,108 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             raise CheckpointError(f"{path}: no model.pt or checkpoints/last.pt in this directory; point to a checkpoint file or a finished run")
     if not p.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    fix = "it is truncated, damaged or not an sdmcl checkpoint — delete it or use an earlier one"
+    damaged = _damaged_record(p)
+    if damaged:
+        raise CheckpointError(f"{p}: unreadable checkpoint ({damaged}); {fix}")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{p}: unreadable checkpoint ({msg}); it is truncated or not an sdmcl checkpoint — delete it or use an earlier one") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "config" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(f"{p}: not an sdmcl checkpoint (format {FORMAT}); it lacks the config or the model")
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # any failure to unpickle means the bytes are not a checkpoint
+        msg = " ".join(str(e).split())[:120] or type(e).__name__
+        raise CheckpointError(f"{p}: unreadable checkpoint ({type(e).__name__}: {msg}); {fix}") from None
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{p}: not a valid sdmcl checkpoint (format {FORMAT}): {problem}; {fix}")
     return ckpt
+
+
+def _damaged_record(path: Path) -> str | None:
+    """The first record of the checkpoint archive whose CRC does not match, if any."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None  # not an archive: torch.load reports it
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error) as e:
+        return f"damaged archive: {type(e).__name__}"
+    return f"record {bad} fails its CRC check" if bad else None
+
+
+def _non_finite(obj, where: str) -> str | None:
+    """Dotted path of the first float tensor (or float) holding nan/inf in a nested payload."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return where
+    elif isinstance(obj, float):
+        return None if math.isfinite(obj) else where
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _non_finite(v, f"{where}.{k}")
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _non_finite(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+POSITION_INTS = ("next_task", "next_epoch_in_task", "epochs_done", "steps_done")
+
+
+def checkpoint_problem(ckpt) -> str | None:
+    """What is wrong with a loaded checkpoint's structure, or None. A resumable checkpoint
+    (with `position`) is checked in full; `model.pt` has the config, sizes and weights."""
+    if not isinstance(ckpt, dict):
+        return f"holds a {type(ckpt).__name__}, not a dict"
+    if ckpt.get("format") != FORMAT:
+        return f"format {ckpt.get('format')!r}"
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt["config"].get("model"), dict):
+        return "the config is missing or not a mapping"
+    for key in ("num_classes", "input_dim"):
+        if key in ckpt and not (_is_int(ckpt[key]) and ckpt[key] >= 1):
+            return f"{key} is {ckpt[key]!r}, not a positive integer"
+    if "epochs_trained" in ckpt and not (_is_int(ckpt["epochs_trained"]) and ckpt["epochs_trained"] >= 0):
+        return f"epochs_trained is {ckpt['epochs_trained']!r}, not an integer >= 0"
+    shape = ckpt.get("input_shape")
+    if shape is not None and not (isinstance(shape, (list, tuple)) and shape and all(_is_int(n) and n >= 1 for n in shape)):
+        return f"input_shape is {shape!r}, not a list of positive sizes"
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "the model weights are missing or not a mapping of names to tensors"
+    if "position" in ckpt:
+        pos = ckpt["position"]
+        if not isinstance(pos, dict):
+            return "position is not a mapping"
+        for key in POSITION_INTS:
+            if not (_is_int(pos.get(key)) and pos[key] >= 0):
+                return f"position.{key} is {pos.get(key)!r}, not an integer >= 0"
+        secs = pos.get("train_seconds")
+        if not (isinstance(secs, (int, float)) and not isinstance(secs, bool) and math.isfinite(secs) and secs >= 0):
+            return f"position.train_seconds is {secs!r}"
+        if not (isinstance(pos.get("history"), list) and all(isinstance(h, dict) for h in pos["history"])):
+            return "position.history is not a list of evaluations"
+        for key in ("R", "R_task_aware"):
+            rows = pos.get(key)
+            if not (isinstance(rows, list) and all(isinstance(r, list) and all(isinstance(a, float) and 0 <= a <= 1 for a in r)
+                                                   for r in rows)):
+                return f"position.{key} is not a matrix of accuracies in [0, 1]"
+        warnings = pos.get("warnings", [])
+        if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
+            return "position.warnings is not a list of lines"
+        for key in ("optimizer", "regularizer", "callbacks", "grad_scaler"):
+            if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+                return f"{key} state is a {type(ckpt[key]).__name__}, not a mapping"
+    for key in ("model", "optimizer", "regularizer", "callbacks"):
+        found = _non_finite(ckpt.get(key), key)
+        if found:
+            return f"{found} holds nan or inf"
+    return None
 
 
 def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:

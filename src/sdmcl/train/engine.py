@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from sdmcl import metrics
-from sdmcl.config import RunConfig, result_identity
+from sdmcl.config import RunConfig
 from sdmcl.data.augment import build_augmenter
 from sdmcl.data.benchmarks import Task, hold_out_validation, make_tasks
 from sdmcl.data.fingerprint import content_id as data_content_id
@@ -62,7 +62,7 @@ from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_che
 from sdmcl.train.evaluate import Evaluator
 from sdmcl.train.optim import build_optimizer, build_schedule, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
 from sdmcl.train.precision import build_mixed_precision
-from sdmcl.train.rundir import RunDir, run_dir_for
+from sdmcl.train.rundir import RunDir, RunLocked, evaluation_problem, read_resume_checkpoint, read_summary, run_dir_for
 
 
 def derived_seed(*parts) -> int:
@@ -78,14 +78,9 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from sdmcl.errors import ConfigError
+    from sdmcl.preflight import resolve_device
 
-        raise ConfigError(f"train.device: {name!r} requested but no CUDA device is available; use 'auto' or 'cpu'")
-    return dev
+    return resolve_device(name)
 
 
 def call_hook(obj, name: str, *args):
@@ -109,10 +104,12 @@ class Prepared:
 def prepare(cfg: RunConfig) -> Prepared:
     """Load the data and cut the tasks; raises a UserError before anything is written."""
     from sdmcl.data.sources import load_dataset
+    from sdmcl.preflight import check_data_memory
 
     device = pick_device(cfg.train.device)
     data = load_dataset(cfg.data.source, path=cfg.data.path, data_dir=cfg.data.data_dir,
                         pixel_scale=cfg.data.pixel_scale, download=cfg.data.download)
+    check_data_memory(data, device)
     b = cfg.benchmark
     tasks = make_tasks(data, b.classes_per_task, b.class_order, b.class_order_seed, b.joint, b.num_tasks, device)
     return Prepared(cfg, tasks, data.num_classes, data.input_dim, device, data.name, tuple(data.input_shape))
@@ -154,6 +151,9 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
     if diffs:
         raise CheckpointError(f"init_from {cfg.init_from}: model config differs from the pretrained one: {'; '.join(diffs)}; make them equal")
     pre_classes, pre_dim = ckpt.get("num_classes"), ckpt.get("input_dim")
+    if pre_classes is None or pre_dim is None:
+        raise CheckpointError(f"init_from {cfg.init_from}: the checkpoint does not record the model's input and class "
+                              "counts; use a model.pt or checkpoint written by sdmcl")
     if pre_dim != input_dim:
         raise DataError(f"init_from {cfg.init_from}: the pretrained model takes {pre_dim} inputs but data.source gives {input_dim}")
     pre_shape = ckpt.get("input_shape")
@@ -163,8 +163,9 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
     model = build_model(cfg, input_dim, pre_classes, input_shape)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"init_from {cfg.init_from}: weights do not fit the model ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # missing, unexpected or mis-shaped weights
+        msg = " ".join(str(e).split())[:160] or type(e).__name__
+        raise CheckpointError(f"init_from {cfg.init_from}: weights do not fit the model ({msg})") from None
     model.reset_head(num_classes)
     return model.to(device), checkpoint_epochs(ckpt)
 
@@ -308,13 +309,14 @@ class Engine:
         save_checkpoint(self.run_dir.checkpoint_path, self.checkpoint_payload(),
                         before_replace=(lambda: self.fault("checkpoint")) if self.fault_on else None)
 
-    def restore(self) -> None:
-        ckpt = load_checkpoint(self.run_dir.checkpoint_path, map_location=self.device)
-        # keys that do not change results (output, threads, data location, ...) may differ
-        diffs = config_differences(result_identity(ckpt["config"]), result_identity(self.cfg.to_dict()))
-        if diffs:
-            raise CheckpointError(f"{self.run_dir.checkpoint_path}: written by a different config: {'; '.join(diffs)}; "
-                                  "delete the run directory to start over or restore the config")
+    def restore(self, ckpt: dict | None = None) -> None:
+        """Load the run's checkpoint (or `ckpt`, already read with `read_resume_checkpoint`)."""
+        if ckpt is None:
+            ckpt = read_resume_checkpoint(self.run_dir, self.cfg, map_location=self.device)
+        where = self.run_dir.checkpoint_path
+        problem = self.position_problem(ckpt["position"])
+        if problem:
+            raise CheckpointError(f"{where}: does not fit this run ({problem}); delete it to start over")
         try:
             self.model.load_state_dict(ckpt["model"])
             if self.optimizer is not None and ckpt.get("optimizer") is not None:
@@ -326,8 +328,50 @@ class Engine:
             saved = ckpt.get("callbacks") or {}
             for cb in self.callbacks:
                 cb.load_state_dict(saved.get(cb.name) or {})
-        except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{self.run_dir.checkpoint_path}: does not fit this run ({str(e).splitlines()[0]}); delete it to start over") from None
+        except Exception as e:  # any mismatch of the saved state with this run's model
+            msg = " ".join(str(e).split())[:160] or type(e).__name__
+            raise CheckpointError(f"{where}: does not fit this run ({type(e).__name__}: {msg}); delete it to start over") from None
+        problem = self.state_shape_problem()
+        if problem:
+            raise CheckpointError(f"{where}: does not fit this run ({problem}); delete it to start over")
+
+    def position_problem(self, pos: dict) -> str | None:
+        """Whether a checkpoint's training position is one this run can reach."""
+        T, E = len(self.tasks), self.cfg.train.epochs_per_task
+        if pos["next_task"] > T:
+            return f"position at task {pos['next_task']} of a run of {T} tasks"
+        if pos["next_epoch_in_task"] >= E or (pos["next_task"] == T and pos["next_epoch_in_task"]):
+            return f"position at epoch {pos['next_epoch_in_task']} of a task of {E} epochs"
+        for key in ("R", "R_task_aware"):
+            if len(pos[key]) != pos["next_task"] or any(len(row) != T for row in pos[key]):
+                return f"its accuracy matrix {key} does not match {pos['next_task']} finished tasks of {T}"
+        if pos["next_task"] and not pos["history"]:
+            return "no evaluations recorded for finished tasks"
+        for i, entry in enumerate(pos["history"]):
+            problem = evaluation_problem(entry)
+            if problem:
+                return f"evaluation {i} of its history {problem}"
+        return None
+
+    def state_shape_problem(self) -> str | None:
+        """Optimizer and regularizer state tensors must have the shapes of the parameters."""
+        if self.optimizer is not None:
+            for p in self.params:
+                for name, value in self.optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                        return f"optimizer state {name} has shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}"
+        shapes = {tuple(p.shape) for p in self.params}
+        stack = [self.regularizer.state_dict()]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, torch.Tensor):
+                if item.dim() and tuple(item.shape) not in shapes:
+                    return f"regularizer state holds a tensor of shape {tuple(item.shape)}, the shape of no parameter"
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+        return None
 
     # ------------------------------------------------------------ evaluation
 
@@ -504,10 +548,10 @@ class Engine:
     def handle_signal(self, signum, frame):
         self.stop_signal = signum
 
-    def run(self, resume: bool) -> dict:
+    def run(self, resume: bool, checkpoint: dict | None = None) -> dict:
         cfg, st, rd = self.cfg, self.state, self.run_dir
         if resume:
-            self.restore()
+            self.restore(checkpoint)
             st = self.state
             rd.write_metrics(st.history)
             self.log(f"resuming {rd.path} at task {st.next_task}, epoch {st.next_epoch_in_task}")
@@ -677,55 +721,73 @@ class Engine:
 
 
 def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: Callable[[str], None] = print,
-        prepared: Prepared | None = None, rerun: bool = False) -> tuple[RunDir, dict]:
+        prepared: Prepared | None = None, rerun: bool = False, run_dir: str | Path | None = None) -> tuple[RunDir, dict]:
     """Train one config to the end (or resume it). Returns its run directory and summary.
 
     `resume=None` resumes when the run directory holds a checkpoint, `True` requires one.
+    `run_dir` (default: `output.dir/<name>-<stamp>`) is where the run lives, e.g. a run
+    directory that was renamed or moved (`cfg` is then its own config.yaml).
     A finished run (summary.json present) is not trained again; its summary is returned,
     with a note when different code made it. `rerun=True` trains from the start whatever is
     there. Raises `RunLocked` when another live process holds the run directory.
+    Device, threads, output path and memory are checked before anything is written.
     """
-    rd = RunDir(run_dir_for(cfg))
-    if rd.is_finished() and not resume and not rerun:
-        return rd, reuse_finished(rd, log)
-    prepared = prepared or prepare(cfg)
-    if resume and not rd.has_checkpoint():
-        raise CheckpointError(f"{rd.path}: no checkpoint to resume from; run without --resume to start it")
-    engine = Engine(prepared, rd, progress=progress, log=log)
-    with rd.locked():
-        if rd.is_finished() and not resume and not rerun:  # another process finished it meanwhile
-            return rd, reuse_finished(rd, log)
-        if rerun:
-            rd.clear_results()
-        rd.create(cfg)
-        fresh = not rd.has_checkpoint()
-        if fresh:
-            call_hook(engine.model, "apply_constraints")
-        from sdmcl.provenance import Session
+    from sdmcl.preflight import check_memory, check_path_lengths, check_run
 
-        engine.provenance = Session(rd.path, fresh=fresh)
-        try:
-            summary = engine.run(resume=not fresh)
-        except BaseException as e:
-            if engine.provenance.record["status"] == "running":
-                try:
-                    engine.provenance.close({StopRequested: "stopped", DivergenceError: "diverged"}.get(type(e), "failed"))
-                except OutputError:
-                    pass  # e.g. the disk is full: the original error is the one to report
-            raise
+    rd = RunDir(Path(run_dir) if run_dir is not None else run_dir_for(cfg))
+    check_path_lengths(rd.path)
+    holder = rd.lock_holder()  # before reading anything: another process may be writing it
+    if holder is not None:
+        raise RunLocked(rd.path, holder)
+    if rd.is_finished() and not rerun:
+        return rd, reuse_finished(rd, log)
+    if resume and not rd.has_checkpoint():
+        raise CheckpointError(f"{rd.path}: no checkpoint to resume from (the run stopped before its first checkpoint); "
+                              f"start it again: sdmcl run {rd.config_path if rd.config_path.is_file() else 'CONFIG'}")
+    check_run(cfg, rd.path)
+    prepared = prepared or prepare(cfg)
+    check_memory(cfg, prepared)
+    threads = torch.get_num_threads()
+    try:
+        engine = Engine(prepared, rd, progress=progress, log=log)
+        with rd.locked():
+            if rd.is_finished() and not rerun:  # another process finished it meanwhile
+                return rd, reuse_finished(rd, log)
+            if rerun:
+                rd.clear_results()
+            checkpoint = read_resume_checkpoint(rd, cfg, map_location=prepared.device) if rd.has_checkpoint() else None
+            rd.create(cfg)
+            fresh = checkpoint is None
+            if fresh:
+                call_hook(engine.model, "apply_constraints")
+            from sdmcl.provenance import Session
+
+            engine.provenance = Session(rd.path, fresh=fresh)
+            try:
+                summary = engine.run(resume=not fresh, checkpoint=checkpoint)
+            except BaseException as e:
+                if engine.provenance.record["status"] == "running":
+                    try:
+                        engine.provenance.close({StopRequested: "stopped", DivergenceError: "diverged"}.get(type(e), "failed"))
+                    except OutputError:
+                        pass  # e.g. the disk is full: the original error is the one to report
+                raise
+    finally:  # the run's process-wide CPU settings end with it (the calling program keeps its own)
+        torch.set_num_threads(threads)
+        if cfg.train.flush_denormal:
+            torch.set_flush_denormal(False)
     return rd, summary
 
 
 def reuse_finished(rd: RunDir, log: Callable[[str], None] = print) -> dict:
     """The summary of a finished run, with a note when the code that made it differs from this one."""
-    import json
-
     from sdmcl.provenance import reuse_note
 
+    summary = read_summary(rd)  # validated: a damaged summary.json is reported by name
     note = reuse_note(rd.path)
     rd.reused = True
     if note:
         log(f"{rd.path}: already finished; its summary is reused, but {note}; add --rerun to train it again")
     else:
         log(f"{rd.path}: already finished; its summary is reused (add --rerun to train it again)")
-    return json.loads(rd.summary_path.read_text())
+    return summary
