@@ -22,7 +22,7 @@ BASE = {
 def test_readme_example_applies_each_override_where_the_key_exists():
     runs = load_experiment(ROOT / "experiments/split_fashion_mnist.yaml",
                            ["model.k=5", "train.epochs_per_task=50", "seeds=[0,1,2]"])
-    assert len(runs) == 20 * 3
+    assert len(runs) == 21 * 3
     ks = {label: getattr(cfg.model, "k", None) for label, cfg in runs}
     assert ks["sdmlp-1k"] == ks["sdmlp-10k-k1"] == ks["topk-1k"] == ks["sdmlp-1k-ewc"] == 5
     assert ks["relu-1k"] is None and ks["fly-1k"] is None and ks["dendrites"] is None

@@ -71,6 +71,7 @@ class TrainConfig:
     flush_denormal: bool = True  # CPU: treat floats below 1e-38 as 0 (denormals make matmuls ~10% slower)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # mixed precision (CUDA, image models): autocast, + loss scaling for fp16
     restart_k_schedule: bool = False  # with init_from: k schedules restart at epoch 0 instead of continuing the pretraining's count
+    validation_fraction: float = 0.0  # share of each task's training data held out for validation (NISPA: 0.1); 0 = none
 
 
 @dataclass
@@ -364,6 +365,8 @@ def check(cfg: RunConfig) -> None:
     for key, v in (("train.eval_every", cfg.train.eval_every), ("output.checkpoint_every", cfg.output.checkpoint_every)):
         if v < 0:
             raise ConfigError(f"{key}: must be >= 0 (0 = only at task ends), got {v}")
+    if not 0 <= cfg.train.validation_fraction < 1:
+        raise ConfigError(f"train.validation_fraction: must be in [0, 1) (0 = no validation split), got {cfg.train.validation_fraction}")
     if cfg.train.threads is not None and cfg.train.threads < 1:
         raise ConfigError(f"train.threads: must be >= 1 or null, got {cfg.train.threads}")
     if not DEVICE_PATTERN.match(cfg.train.device):
@@ -395,6 +398,9 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"benchmark.class_order_seed: must be in 0..2**32-1 (a numpy RandomState seed), got {cfg.benchmark.class_order_seed}")
     if order != "seeded" and cfg.benchmark.class_order_seed is not None:
         raise ConfigError("benchmark.class_order_seed: only used with class_order: seeded; set class_order: seeded or remove it")
+    check_run = getattr(cfg.model, "check_run", None)  # a model's checks of settings outside its own section
+    if check_run is not None:
+        check_run(cfg)
     check_loggers(cfg.output.loggers)
     check_investigate(cfg)
     gradient_free = not getattr(MODELS[cfg.model.name].build, "uses_gradients", True)

@@ -35,6 +35,9 @@ def _fmt_pct(x: float) -> str:
 
 
 def print_run(label: str, rd, summary: dict, out=print) -> None:
+    from sdmcl.report import setting_marks
+
+    label = label + setting_marks(summary)
     accs = " ".join(_fmt_pct(a) for a in summary["final_task_accuracy"])
     out(f"{label}: final per-task accuracy (%): {accs}")
     out(f"{label}: final average accuracy {_fmt_pct(summary['final_average_accuracy'])}%  "

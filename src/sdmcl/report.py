@@ -49,6 +49,18 @@ METRICS = (
 MAX_LABEL_KEYS = 4
 
 
+def setting_marks(summary: dict) -> str:
+    """Marks for runs not scored in the default class-incremental, label-free setting:
+    `[label-informed]` (the true label reached the model at test time) and `[task-IL]`
+    (task-incremental: the task was given at test time, accuracies are task-aware)."""
+    marks = []
+    if summary.get("label_informed"):
+        marks.append("[label-informed]")
+    if summary.get("task_incremental"):
+        marks.append("[task-IL]")
+    return (" " + " ".join(marks)) if marks else ""
+
+
 @dataclass
 class Run:
     """A finished run: its resolved config and summary (and where it lies, when read from disk)."""
@@ -313,6 +325,8 @@ def group_runs(runs: list[Run], over: tuple[str, ...] = DEFAULT_OVER) -> tuple[l
         order = sorted(range(len(g.runs)), key=lambda i: [_sort_key(json.loads(v)) for v in g.axis_values[i]])
         g.runs, g.axis_values = [g.runs[i] for i in order], [g.axis_values[i] for i in order]
     differing = _label_groups(out)
+    for g in out:  # runs not scored class-incrementally from the input alone say so in every table
+        g.label += setting_marks(g.runs[0].summary)
     # rows of one name stay together (in order of first appearance), ordered by the values that tell them apart
     first = {}
     for i, g in enumerate(out):
@@ -513,6 +527,7 @@ class Curve:
 
 def group_curve(group: Group, problems: list[Problem]) -> Curve | None:
     per_epoch: dict[int, list[float]] = {}
+    task_ends: set[tuple] = set()  # per run, the epoch at which each task ended
     for run in group.runs:
         if run.path is None:
             continue
@@ -521,17 +536,19 @@ def group_curve(group: Group, problems: list[Problem]) -> Curve | None:
         except UserError as e:
             problems.append(Problem(run.path, f"left out of the figures: {e}"))
             continue
+        ends: dict = {}
         for e in entries:
             epoch, acc = e.get("epoch"), e.get("seen_average_accuracy")
             if isinstance(epoch, int) and _finite(acc):
                 per_epoch.setdefault(epoch, []).append(100.0 * acc)
+                ends[e.get("task")] = epoch
+        task_ends.add(tuple(ends[t] for t in sorted(t for t in ends if isinstance(t, int))))
     if not per_epoch:
         return None
     epochs = sorted(per_epoch)
     stats = [mean_sem(per_epoch[e]) for e in epochs]
-    E = group.identity.get("train.epochs_per_task")
-    T = len(group.runs[0].summary["final_task_accuracy"])
-    boundaries = [E * (i + 1) for i in range(T - 1)] if isinstance(E, int) and not group.identity.get("benchmark.joint") else []
+    # task boundaries where every run of the row has them (a model may end tasks early: NISPA)
+    boundaries = list(next(iter(task_ends))[:-1]) if len(task_ends) == 1 and not group.identity.get("benchmark.joint") else []
     return Curve(group.label, epochs, [m for m, _ in stats], [s for _, s in stats], [len(per_epoch[e]) for e in epochs], boundaries)
 
 

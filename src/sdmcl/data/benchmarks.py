@@ -48,7 +48,9 @@ def task_classes(order: list[int], classes_per_task: int) -> list[tuple[int, ...
 
 @dataclass
 class Task:
-    """One task: its classes and its data, as tensors resident on the training device."""
+    """One task: its classes and its data, as tensors resident on the training device.
+    `val_x`/`val_y` hold a validation split taken out of the training data
+    (`hold_out_validation`), or are None."""
 
     index: int
     classes: tuple[int, ...]
@@ -56,6 +58,8 @@ class Task:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     @property
     def name(self) -> str:
@@ -116,3 +120,23 @@ def make_tasks(
             )
         )
     return tasks
+
+
+def hold_out_validation(tasks: list[Task], fraction: float, seed: int) -> list[Task]:
+    """Copies of `tasks` whose training data lose a random `fraction` (per task, at least one
+    sample, at least one left) to a validation split in `val_x`/`val_y`. The draw depends
+    on `seed` and the task index only, so a resumed run holds out the same samples.
+    Training samples keep their order; test data are untouched."""
+    out = []
+    for t in tasks:
+        n = len(t.train_y)
+        n_val = min(max(1, round(fraction * n)), n - 1)
+        if n_val < 1:
+            raise DataError(f"{t.name}: {n} training sample(s) cannot be split into training and validation data")
+        gen = torch.Generator().manual_seed((seed + 1_000_003 * t.index) % 2**63)
+        is_val = torch.zeros(n, dtype=torch.bool)
+        is_val[torch.randperm(n, generator=gen)[:n_val]] = True
+        is_val = is_val.to(t.train_y.device)
+        out.append(Task(t.index, t.classes, t.train_x[~is_val], t.train_y[~is_val], t.test_x, t.test_y,
+                        val_x=t.train_x[is_val], val_y=t.train_y[is_val]))
+    return out

@@ -36,10 +36,27 @@ engine calls these optional hooks when it defines them:
 
 Class attribute `supports_mixed_precision = True` lets `train.precision: bf16 | fp16` run
 the model's forward under CUDA autocast (the image models; the others train in fp32).
+
+- `on_epoch_end(task, epoch_in_task)`  after each training epoch of `task` (`epoch_in_task`
+                             counts from 1), before that epoch's evaluation and checkpoint.
+                             It, `on_task_start` and `on_task_end` may return a
+                             `TrainingRequest` (below).
 Models trained without gradients set `uses_gradients = False` and implement
 `fit_task(x, y)`: the engine calls it once per epoch with the task's training tensors.
 Model state that is not a parameter (GABA counters, masks) lives in registered buffers,
 so `state_dict()` checkpoints and restores it.
+
+Capabilities a model declares with attributes (absent means False):
+- `takes_labels`      forward takes the true labels: the engine calls `forward(x, labels=y)`
+                      (and `forward_with_hidden(x, labels=y)`) in training *and* evaluation.
+                      Such runs are label-informed: the label reaches the model at test time
+                      (summary.json: `label_informed: true`; printed tables mark them).
+- `task_incremental`  the model is evaluated task-incrementally (one head per task, the task
+                      given at test time): the headline metrics and accuracy matrix are the
+                      task-aware ones (summary.json: `task_incremental: true`).
+
+A model that needs settings outside its own config section (a validation split, enough
+epochs per task) checks them in its config's `check_run(run_config)`.
 """
 
 from __future__ import annotations
@@ -48,8 +65,28 @@ from dataclasses import dataclass
 
 
 @dataclass
+class TrainingRequest:
+    """What a model asks of the engine from `on_task_start`, `on_epoch_end` or `on_task_end`.
+
+    `reset_optimizer`: continue with a fresh optimizer state (as if the optimizer were built
+    anew: no momentum, Adam's moments and step count zero), e.g. at a training phase boundary.
+    `end_task`: this task's training is over now, before `train.epochs_per_task` epochs
+    (which is then the most a task may take); the engine goes on with `on_task_end`.
+    `warning`: one line the engine prints and records in summary.json (once per run).
+    """
+
+    reset_optimizer: bool = False
+    end_task: bool = False
+    warning: str | None = None
+
+
+@dataclass
 class ModelConfig:
     name: str = ""
 
     def check(self) -> None:
         """Raise `ConfigError` naming the key when a value is impossible."""
+
+    def check_run(self, run_config) -> None:
+        """Raise `ConfigError` when the run's other sections (`run_config.train`, ...) do not
+        give this model what it needs. Called after every section is validated."""

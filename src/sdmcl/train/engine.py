@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from sdmcl import metrics
 from sdmcl.config import RunConfig
 from sdmcl.data.augment import build_augmenter
-from sdmcl.data.benchmarks import Task, make_tasks
+from sdmcl.data.benchmarks import Task, hold_out_validation, make_tasks
 from sdmcl.data.fingerprint import content_id as data_content_id
 from sdmcl.errors import CheckpointError, DataError, DivergenceError, OutputError
 from sdmcl.models.topk import counts_reference_passes, reference_counting_passes
@@ -87,10 +87,11 @@ def pick_device(name: str) -> torch.device:
     return resolve_device(name)
 
 
-def call_hook(obj, name: str, *args) -> None:
+def call_hook(obj, name: str, *args):
     fn = getattr(obj, name, None)
     if fn is not None:
-        fn(*args)
+        return fn(*args)
+    return None
 
 
 @dataclass
@@ -228,6 +229,9 @@ class Engine:
         self.progress = progress and self.cfg.output.progress
         self.device = prepared.device
         self.tasks = prepared.tasks
+        if self.cfg.train.validation_fraction > 0:  # per run: the held-out samples depend on the seed
+            self.tasks = hold_out_validation(self.tasks, self.cfg.train.validation_fraction,
+                                             derived_seed(self.cfg.seed, "validation"))
         self.task_labels = [",".join(map(str, t.classes)) for t in self.tasks]
         self.stop_signal: int | None = None
         self.fault = FaultInjector(os.environ.get("SDMCL_FAULT"))
@@ -282,8 +286,13 @@ class Engine:
         # split, not to every minibatch (models/base.py: prepare_inputs)
         self.prepare_inputs = getattr(self.model, "prepare_inputs", None)
         self.forward_kwargs = {"prepared": True} if self.prepare_inputs is not None else {}
+        # label-informed models get the true labels in training and evaluation (models/base.py)
+        self.takes_labels = bool(getattr(self.model, "takes_labels", False))
+        # task-incremental models are scored with the task given at test time (task-aware accuracy)
+        self.task_incremental = bool(getattr(self.model, "task_incremental", False))
         self._train_inputs: tuple[int, torch.Tensor] | None = None  # (task index, its prepared inputs)
-        self.evaluator = Evaluator(self.tasks, prepared.num_classes, self.device, self.prepare_inputs)
+        self.evaluator = Evaluator(self.tasks, prepared.num_classes, self.device, self.prepare_inputs,
+                                   takes_labels=self.takes_labels)
         self.callbacks = build_callbacks(cfg)
         self.step_callbacks = [cb for cb in self.callbacks if overrides(cb, "after_step")]
         self.provenance = None  # a provenance.Session while `run()` trains
@@ -484,12 +493,14 @@ class Engine:
                     x = self.prepare_inputs(x)
             if schedule is not None:
                 lr = schedule.apply(opt, task.index, epoch_in_task, (step + 1) / steps)
+            # label-informed models get the true labels (models/base.py: takes_labels)
+            fkw = {**self.forward_kwargs, "labels": y} if self.takes_labels else self.forward_kwargs
             if amp is None:
-                logits = model(x, **self.forward_kwargs)
+                logits = model(x, **fkw)
                 loss = F.cross_entropy(logits, y)
             else:
                 with amp.autocast():
-                    logits = model(x, **self.forward_kwargs)
+                    logits = model(x, **fkw)
                     loss = F.cross_entropy(logits, y)
             if penalize and self.quadratic is None:
                 loss = loss + reg.penalty(model)
@@ -606,7 +617,7 @@ class Engine:
         for task in self.tasks[self.state.next_task :]:
             st = self.state
             if st.next_epoch_in_task == 0:
-                call_hook(self.model, "on_task_start", task)
+                self.apply_request(call_hook(self.model, "on_task_start", task))
                 self.regularizer.on_task_start(self.model, task)
                 for cb in self.callbacks:
                     cb.on_task_start(self, task)
@@ -622,7 +633,9 @@ class Engine:
                 loss = self.train_epoch(task, e)
                 st.epochs_done += 1
                 st.next_epoch_in_task = e + 1
-                last = e == E - 1
+                # the model may end the task early (NISPA: its phases are over) or ask for a fresh optimizer
+                model_ends_task = self.apply_request(call_hook(self.model, "on_epoch_end", task, e + 1))
+                last = e == E - 1 or model_ends_task
                 if not last and cfg.train.eval_every and (e + 1) % cfg.train.eval_every == 0:
                     entry = self.record(task, e + 1, loss, full=False)
                     if bar is not None:
@@ -637,9 +650,11 @@ class Engine:
                 if not last and self.stop_signal is not None:
                     self.save()
                     raise StopRequested(rd.path)
+                if last:
+                    break
             t0 = time.perf_counter()
-            call_hook(self.model, "on_task_end", task)
-            entry = self.record(task, E, loss, full=True)
+            self.apply_request(call_hook(self.model, "on_task_end", task))
+            entry = self.record(task, st.next_epoch_in_task, loss, full=True)
             # importance passes after the task's evaluation; with gaba_counting `reference` they
             # count, except after the last task (the reference computed them only when a next
             # task started)
@@ -654,15 +669,29 @@ class Engine:
                 cb.on_task_end(self, task, entry)
             if bar is not None:
                 bar.close()
+            accs = entry["task_aware_accuracy" if self.task_incremental else "task_accuracy"]
+            seen_avg = sum(accs[: task.index + 1]) / (task.index + 1)
             self.log(f"after task {task.index + 1}/{len(self.tasks)} [{task.name}]: "
-                     + " ".join(f"{a:.3f}" for a in entry["task_accuracy"]) + f"  seen avg {entry['seen_average_accuracy']:.3f}")
+                     + " ".join(f"{a:.3f}" for a in accs) + f"  seen avg {seen_avg:.3f}"
+                     + ("  (task-aware: task-incremental)" if self.task_incremental else ""))
             self.save()
             if self.stop_signal is not None and task.index + 1 < len(self.tasks):
                 raise StopRequested(rd.path)
 
+    def apply_request(self, request) -> bool:
+        """Carry out a model's `TrainingRequest` (models/base.py); True when it ends the task."""
+        if request is None:
+            return False
+        if request.reset_optimizer and self.optimizer is not None:
+            self.optimizer = build_optimizer(self.cfg.optim, self.params)
+        if request.warning:
+            self.warn(request.warning)
+        return bool(request.end_task)
+
     def finish(self) -> dict:
         st, rd = self.state, self.run_dir
-        R = np.array(st.R)
+        task_incremental = self.task_incremental
+        R = np.array(st.R_task_aware if task_incremental else st.R)
         summary = {
             "name": self.cfg.name,
             "stamp": self.cfg.stamp(),
@@ -673,9 +702,11 @@ class Engine:
             "tasks": [list(t.classes) for t in self.tasks],
             **metrics.summarize(R),
             # correct over all test samples (tasks weighted by their test-set size): the reference's val/accuracy
-            "final_pooled_accuracy": metrics.pooled_accuracy(st.R[-1], self.evaluator.test_sizes(len(self.tasks))),
+            "final_pooled_accuracy": metrics.pooled_accuracy(R[-1].tolist(), self.evaluator.test_sizes(len(self.tasks))),
             "final_task_aware_accuracy": float(np.mean(st.R_task_aware[-1])),
-            "final_task_accuracy": st.R[-1],
+            "final_task_accuracy": R[-1].tolist(),
+            "task_incremental": task_incremental,
+            "label_informed": self.takes_labels,
             "epochs": st.epochs_done,
             "steps": st.steps_done,
             "train_seconds": st.train_seconds,
@@ -686,12 +717,14 @@ class Engine:
                     "active_per_input", "gaba_switched"):
             if last.get(key) is not None:
                 summary[key] = last[key]
+        if task_incremental:
+            summary["final_class_incremental_accuracy"] = float(np.mean(st.R[-1]))
         summary["warnings"] = list(st.warnings)
         content = data_content_id(self.cfg.data.source, self.cfg.data.path, self.cfg.data.data_dir)
         if content is not None:
             summary["data_content"] = content  # stands in for data.path in the stamp
         save_checkpoint(rd.model_path, self.checkpoint_payload(full=False))
-        rd.write_matrix(st.R, self.task_labels)
+        rd.write_matrix(R.tolist(), self.task_labels)
         if self.cfg.output.plots:
             self.write_plots()
         if self.provenance is not None:
@@ -704,8 +737,9 @@ class Engine:
 
         rd = self.run_dir
         rd.plots_dir.mkdir(exist_ok=True)
-        E = self.cfg.train.epochs_per_task
-        boundaries = [E * (i + 1) for i in range(len(self.tasks) - 1)]
+        # a task ends at its last evaluation (tasks may end before train.epochs_per_task epochs)
+        task_end = {h["task"]: h["epoch"] for h in self.state.history}
+        boundaries = [task_end[i] for i in range(len(self.tasks) - 1) if i in task_end]
         # future tasks (evaluated at task ends for the full matrix) are not drawn before they are trained
         hist = [{"epoch": h["epoch"], "task_accuracy": [a if j <= h["task"] else None for j, a in enumerate(h["task_accuracy"])]
                  + [None] * (len(self.tasks) - len(h["task_accuracy"]))} for h in self.state.history]

@@ -13,6 +13,9 @@ The tasks trained so far ("seen") come first in the concatenated test set. With
 `gaba_counting: reference` the engine passes `seen_context`, under which the seen tasks'
 chunks are evaluated (the reference counted GABA activations during its validation on
 them); the chunks of later tasks are evaluated outside it.
+
+Models that declare `takes_labels` (models/base.py) get each test sample's true label too:
+their accuracy is label-informed, not a prediction from the input alone.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from sdmcl.data.benchmarks import Task
 
 
 class Evaluator:
-    def __init__(self, tasks: list[Task], num_classes: int, device: torch.device, prepare_inputs=None):
+    def __init__(self, tasks: list[Task], num_classes: int, device: torch.device, prepare_inputs=None,
+                 takes_labels: bool = False):
         self.device = device
+        self.takes_labels = takes_labels
         self.test_x = torch.cat([t.test_x for t in tasks])
         if prepare_inputs is not None:
             with torch.no_grad():
@@ -75,6 +80,8 @@ class Evaluator:
                 for s in range(first, last, batch_size):
                     e = min(s + batch_size, last)
                     x = self.test_x[s:e]
+                    if self.takes_labels:
+                        kw = {**self.forward_kwargs, "labels": self.test_y[s:e]}
                     if has_hidden:
                         logits, h = model.forward_with_hidden(x, **kw)
                         # units > 0, counted per row in float32 (exact) and summed in float64; on
