@@ -58,7 +58,7 @@ from sdmcl.models.topk import counts_reference_passes, reference_counting_passes
 from sdmcl.registry import REGULARIZERS
 from sdmcl.registry import build_model as build_registered_model
 from sdmcl.train.callbacks import build_callbacks, overrides
-from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
+from sdmcl.train.checkpoint import config_differences, load_checkpoint, load_weights, save_checkpoint
 from sdmcl.train.evaluate import Evaluator
 from sdmcl.train.optim import build_optimizer, build_schedule, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
 from sdmcl.train.precision import build_mixed_precision
@@ -162,7 +162,7 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
                         f"but data.source gives {tuple(input_shape)}")
     model = build_model(cfg, input_dim, pre_classes, input_shape)
     try:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"])
     except Exception as e:  # missing, unexpected or mis-shaped weights
         msg = " ".join(str(e).split())[:160] or type(e).__name__
         raise CheckpointError(f"init_from {cfg.init_from}: weights do not fit the model ({msg})") from None
@@ -318,7 +318,7 @@ class Engine:
         if problem:
             raise CheckpointError(f"{where}: does not fit this run ({problem}); delete it to start over")
         try:
-            self.model.load_state_dict(ckpt["model"])
+            load_weights(self.model, ckpt["model"])
             if self.optimizer is not None and ckpt.get("optimizer") is not None:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             self.regularizer.load_state_dict(ckpt.get("regularizer") or {})
