@@ -216,3 +216,30 @@ def test_over_a_key_no_run_has_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--over", "seed,model.kk"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--over model.kk: no run's config has this key; did you mean 'model.k'?" in err
+
+
+def test_config_edited_after_the_run_is_left_out(tmp_path, capsys):
+    """summary.json records which config made the results; a config.yaml edited since (here the
+    learning rate) no longer labels them: the run is listed as changed, not tabled under the
+    new value, and reusing it is refused."""
+    from sdmcl.config import config_id
+    from sdmcl.errors import ConfigError
+    from sdmcl.train.engine import reuse_finished
+    from sdmcl.train.rundir import RunDir
+
+    cfg = config()
+    kept = fake_run(tmp_path / "runs", cfg, 0.8)
+    edited = fake_run(tmp_path / "runs", config(seed=1), 0.6)
+    for d, c in ((kept, cfg), (edited, config(seed=1))):
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "config_id": config_id(c.to_dict())}))
+    raw = yaml.safe_load((edited / "config.yaml").read_text())
+    raw["optim"]["lr"] = 0.1
+    (edited / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["report", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert list(rows(out)) == ["quickstart-sdmlp"] and rows(out)["quickstart-sdmlp"][:2] == ["1", "80.0"]
+    assert f"{edited}: changed: config.yaml was edited after the run" in out
+    reuse_finished(RunDir(kept), log=lambda s: None)  # unchanged: reused
+    with pytest.raises(ConfigError, match="edited after the run"):
+        reuse_finished(RunDir(edited), log=lambda s: None)

@@ -121,3 +121,27 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     out = sdmcl(["run", str(cfg)])
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "last.pt: unreadable checkpoint" in out.stderr
+
+
+def test_checkpoint_without_a_later_statistic_buffer_still_loads():
+    """Checkpoints written before the reference dead-neuron statistic existed lack the
+    `activation_window` buffer: they load, with that buffer at zero; a missing weight still
+    does not fit."""
+    from sdmcl.config import parse_config
+    from sdmcl.registry import build_model
+    from sdmcl.train.checkpoint import load_weights
+
+    for name in ("sdmlp", "relu_mlp"):
+        cfg = parse_config({"model": {"name": name, "neurons": 16, "k": 4} if name == "sdmlp" else {"name": name, "neurons": 16}})
+        torch.manual_seed(0)
+        old = build_model(cfg.model, 8, 3)
+        old.activation_window += 5.0
+        state = {k: v for k, v in old.state_dict().items() if not k.endswith("activation_window")}
+        new = build_model(cfg.model, 8, 3)
+        load_weights(new, state)
+        for key, value in state.items():
+            assert torch.equal(new.state_dict()[key], value), (name, key)
+        assert torch.count_nonzero(new.activation_window) == 0
+        weight = next(k for k in state if k.endswith("weight"))
+        with pytest.raises(RuntimeError, match="Missing"):
+            load_weights(build_model(cfg.model, 8, 3), {k: v for k, v in state.items() if k != weight})

@@ -168,6 +168,13 @@ def result_identity(d: dict) -> dict:
     return d
 
 
+def config_id(d: dict) -> str:
+    """Hash of a resolved config dict's result identity (its data path excluded): recorded in
+    summary.json so that a config.yaml edited after the run is noticed when it is read back."""
+    blob = json.dumps(result_identity(d), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def result_differences(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
     """(dotted key, value in a, value in b) for every key that changes results and differs."""
     out = []

@@ -178,8 +178,12 @@ def load_run(path: Path) -> Run | Problem:
         return Problem(path, _unfinished_reason(path))
     if not config_path.is_file():
         return Problem(path, "corrupt: summary.json without config.yaml (its configuration is unknown)")
+    from sdmcl.train.rundir import config_edit_problem
+
     try:
-        return Run(read_config(config_path), read_summary(summary_path), path)
+        run = Run(read_config(config_path), read_summary(summary_path), path)
+        problem = config_edit_problem(path, run.summary)
+        return Problem(path, f"changed: {problem}") if problem else run
     except UserError as e:
         return Problem(path, f"corrupt: {str(e).removeprefix(str(path) + '/')}")
 

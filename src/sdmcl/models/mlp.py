@@ -70,6 +70,7 @@ class MLP(nn.Module):
         # sum of its activations over them (the reference's dead-neuron statistic)
         self.register_buffer("activity_window", torch.zeros(neurons, dtype=torch.int64))
         self.register_buffer("activation_window", torch.zeros(neurons, dtype=torch.float64))
+        self.optional_buffers = ("activation_window",)  # older checkpoints lack it: it then starts at zero
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         a = self.activation(self.fc1(x))

@@ -151,6 +151,7 @@ class SDMLP(nn.Module):
         # the sum of its activations over them (the reference's dead-neuron statistic)
         self.register_buffer("activity_window", torch.zeros(cfg.neurons, dtype=torch.int64))
         self.register_buffer("activation_window", torch.zeros(cfg.neurons, dtype=torch.float64))
+        self.optional_buffers = ("activation_window",)  # older checkpoints lack it: it then starts at zero
         self.row_sparse_updates = False  # set by the engine, see set_row_sparse_updates
         self.all_rows_move = False
         self._last_batch: dict | None = None  # the sparse-backward record of the last training forward

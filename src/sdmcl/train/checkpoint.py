@@ -194,6 +194,22 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def load_weights(model: torch.nn.Module, state: dict) -> None:
+    """`model.load_state_dict(state)`, except that buffers a module lists in its
+    `optional_buffers` (statistics added to sdmcl after some checkpoints were written, which
+    start from zero) may be missing: they keep their fresh values. Anything else that does
+    not fit raises, as `load_state_dict` does."""
+    optional = {f"{prefix}.{name}" if prefix else name
+                for prefix, module in model.named_modules() for name in getattr(module, "optional_buffers", ())}
+    missing = [key for key in model.state_dict() if key not in state]
+    if missing and set(missing) <= optional:
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise RuntimeError(f"unexpected key(s) in state_dict: {', '.join(result.unexpected_keys)}")
+        return
+    model.load_state_dict(state)
+
+
 def load_model(path: str | Path, map_location="cpu") -> torch.nn.Module:
     """The model of a checkpoint or finished run directory (its `model.pt`), rebuilt from the
     config the file carries, weights loaded, in eval mode. An image model's `embed(x)` then
@@ -205,7 +221,7 @@ def load_model(path: str | Path, map_location="cpu") -> torch.nn.Module:
     cfg = parse_config(ckpt["config"])
     model = build_model(cfg.model, ckpt["input_dim"], ckpt["num_classes"], ckpt.get("input_shape"))
     try:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes ({str(e).splitlines()[0]})") from None
     return model.to(map_location).eval()

@@ -52,21 +52,22 @@ import torch
 import torch.nn.functional as F
 
 from sdmcl import metrics
-from sdmcl.config import RunConfig
+from sdmcl.config import RunConfig, config_id
 from sdmcl.data.augment import build_augmenter
 from sdmcl.data.benchmarks import Task, hold_out_validation, make_tasks
 from sdmcl.data.fingerprint import content_id as data_content_id
-from sdmcl.errors import CheckpointError, DataError, DivergenceError, OutputError
+from sdmcl.errors import CheckpointError, ConfigError, DataError, DivergenceError, OutputError
 from sdmcl.models.topk import counts_reference_passes, reference_counting_passes
 from sdmcl.registry import REGULARIZERS
 from sdmcl.registry import build_model as build_registered_model
 from sdmcl.regularizers.base import QuadraticPenalty, Regularizer
 from sdmcl.train.callbacks import build_callbacks, overrides
-from sdmcl.train.checkpoint import config_differences, load_checkpoint, save_checkpoint
+from sdmcl.train.checkpoint import config_differences, load_checkpoint, load_weights, save_checkpoint
 from sdmcl.train.evaluate import Evaluator
 from sdmcl.train.optim import build_optimizer, build_schedule, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
 from sdmcl.train.precision import build_mixed_precision
-from sdmcl.train.rundir import RunDir, RunLocked, evaluation_problem, read_resume_checkpoint, read_summary, run_dir_for
+from sdmcl.train.rundir import (RunDir, RunLocked, config_edit_problem, evaluation_problem, read_resume_checkpoint, read_summary,
+                                 run_dir_for)
 
 
 def derived_seed(*parts) -> int:
@@ -166,7 +167,7 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
                         f"but data.source gives {tuple(input_shape)}")
     model = build_model(cfg, input_dim, pre_classes, input_shape)
     try:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"])
     except Exception as e:  # missing, unexpected or mis-shaped weights
         msg = " ".join(str(e).split())[:160] or type(e).__name__
         raise CheckpointError(f"init_from {cfg.init_from}: weights do not fit the model ({msg})") from None
@@ -333,7 +334,7 @@ class Engine:
         if problem:
             raise CheckpointError(f"{where}: does not fit this run ({problem}); delete it to start over")
         try:
-            self.model.load_state_dict(ckpt["model"])
+            load_weights(self.model, ckpt["model"])
             if self.optimizer is not None and ckpt.get("optimizer") is not None:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             self.regularizer.load_state_dict(ckpt.get("regularizer") or {})
@@ -695,6 +696,7 @@ class Engine:
         summary = {
             "name": self.cfg.name,
             "stamp": self.cfg.stamp(),
+            "config_id": config_id(self.cfg.to_dict()),
             "model": self.cfg.model.name,
             "regularizer": self.cfg.regularizer.name,
             "seed": self.cfg.seed,
@@ -821,6 +823,9 @@ def reuse_finished(rd: RunDir, log: Callable[[str], None] = print) -> dict:
     from sdmcl.provenance import reuse_note
 
     summary = read_summary(rd)  # validated: a damaged summary.json is reported by name
+    problem = config_edit_problem(rd, summary)
+    if problem:
+        raise ConfigError(f"{rd.path}: {problem}")
     note = reuse_note(rd.path)
     rd.reused = True
     if note:

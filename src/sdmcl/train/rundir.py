@@ -184,7 +184,7 @@ SUMMARY_FIELDS = {
     "seconds_per_epoch": (lambda v: _number(v, 0), "a finite number >= 0"),
 }
 SUMMARY_OPTIONAL = {
-    **{key: (lambda v: isinstance(v, str), "text") for key in ("name", "stamp", "model", "regularizer", "dataset", "data_content")},
+    **{key: (lambda v: isinstance(v, str), "text") for key in ("name", "stamp", "config_id", "model", "regularizer", "dataset", "data_content")},
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "epochs": (_count, "an integer >= 0"),
     "steps": (_count, "an integer >= 0"),
@@ -299,6 +299,25 @@ def read_run_config(path: str | Path | RunDir) -> RunConfig:
         return parse_config(raw)
     except ConfigError as e:
         raise ConfigError(f"{rd.config_path}: {e}") from None
+
+
+def config_edit_problem(path: str | Path | RunDir, summary: dict) -> str | None:
+    """Why the run's config.yaml no longer describes its results (edited after the run), or
+    None. Runs whose summary predates `config_id` are not checked."""
+    from sdmcl.config import config_id
+
+    recorded = summary.get("config_id")
+    if recorded is None:
+        return None
+    rd = _run_dir(path)
+    try:
+        now = config_id(read_run_config(rd).to_dict())
+    except UserError as e:
+        return str(e)
+    if now == recorded:
+        return None
+    return ("config.yaml was edited after the run made its results (they belong to the config it had then); "
+            "restore config.yaml, or train the edited config as a new run: sdmcl run CONFIG")
 
 
 def _listed(changed: list[tuple[str, Any, Any]], first: str, second: str, limit: int = 6) -> str:
