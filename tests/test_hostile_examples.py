@@ -338,3 +338,30 @@ def test_written_config_reads_back_identically(tmp_path):
     shared = [1, 2]
     data["k"], data["l"] = shared, shared  # a shared value is written twice, not as an alias
     assert loads_yaml(dump_yaml(data)) == data
+
+
+@pytest.mark.parametrize("kind", ["host", "gpu"])
+def test_running_out_of_memory_mid_run_is_one_line(monkeypatch, capsys, kind):
+    """Memory beyond the pre-run estimate (fragmentation, other processes) ends in one line
+    saying what ran out and what to change, exit 2, not in a traceback."""
+    import torch
+
+    from sdmcl import cli
+
+    def handler(args):
+        raise MemoryError() if kind == "host" else torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    import argparse
+
+    real_parse = argparse.ArgumentParser.parse_known_args
+
+    def parse(self, *a, **k):
+        ns, extra = real_parse(self, *a, **k)
+        ns.func = handler
+        return ns, extra
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse)
+    assert cli.main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"out of {'host' if kind == 'host' else 'GPU'} memory while running" in err

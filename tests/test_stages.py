@@ -113,9 +113,9 @@ def test_two_stage_chain_resumes_in_its_second_stage_after_sigkill(tmp_path):
     ref_plan = load_plan(ref_cfg)
     for stage in ("pretrain", "continual"):
         for mine, ref in zip(plan.runs[stage], ref_plan.runs[stage]):
-            # the stamps differ only because init_from names another directory
+            # the stamps and config ids differ only because init_from names another directory
             (a, *rest_a, sa), (b, *rest_b, sb) = outputs(run_dir_for(mine.cfg)), outputs(run_dir_for(ref.cfg))
-            sa.pop("stamp"), sb.pop("stamp")
+            sa.pop("stamp"), sb.pop("stamp"), sa.pop("config_id"), sb.pop("config_id")
             assert_identical((a, *rest_a, sa), (b, *rest_b, sb))
     # the continual run started from the pretrained weights (not from scratch): the address
     # rows differ from a fresh model's but the head was reset to the continual classes

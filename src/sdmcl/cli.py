@@ -335,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             ap.error("unrecognized arguments: " + " ".join(extra))
+    import torch
+
     from sdmcl.train.engine import StopRequested
 
     try:
@@ -353,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"sdmcl: error: {e}", file=sys.stderr)
         return e.exit_code
+    except (MemoryError, torch.OutOfMemoryError) as e:  # beyond the estimate checked before the run
+        device = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
+        print(f"sdmcl: error: out of {device} memory while running; the last checkpoint (if any) is kept: free memory, or use a "
+              "smaller model.neurons, train.batch_size or train.eval_batch_size, then run the same command to resume",
+              file=sys.stderr)
+        return 2
     except StopRequested as e:
         dirs = e.run_dirs or ["RUN_DIR"]
         print("sdmcl: stopped by signal; a checkpoint was written. Resume with the same command, or "
