@@ -209,3 +209,8 @@ def test_config_checks():
         SDMLPConfig(topk_search="lowrank", search_margin=None, search_candidates=0).check()
     with pytest.raises(ConfigError, match="model.search_max_union"):
         SDMLPConfig(topk_search="lowrank", search_max_union=0).check()
+    # impossible search values are refused with the exact Top-K too (a typo'd sweep must not train)
+    for key, value in (("search_margin", -1.0), ("search_max_union", 2.0), ("search_rank", 0)):
+        with pytest.raises(ConfigError, match=f"model.{key}"):
+            SDMLPConfig(**{key: value}).check()
+    SDMLPConfig(bias=True).check()  # biases are fine with the exact Top-K

@@ -51,25 +51,25 @@ class SDMLPConfig(ModelConfig):
 
     def check(self) -> None:
         check_topk_fields(self)
-        if self.topk_search == "lowrank":
-            if self.bias or self.output_bias:
-                raise ConfigError("model.topk_search: 'lowrank' needs a bias-free SDMLP; set model.bias and model.output_bias "
-                                  "to false, or topk_search: exact")
-            if self.search_rank < 1:
-                raise ConfigError(f"model.search_rank: must be >= 1, got {self.search_rank}")
-            if self.search_candidates < 0:
-                raise ConfigError(f"model.search_candidates: must be >= 0, got {self.search_candidates}")
-            if self.search_margin is not None and not 0 <= self.search_margin < 1:
-                raise ConfigError(f"model.search_margin: must be in [0, 1) or null, got {self.search_margin}")
-            if self.search_margin is None and self.search_candidates == 0:
-                raise ConfigError("model.search_margin: null needs model.search_candidates >= 1 (else no neuron is a candidate)")
-            if not 0 < self.search_max_union <= 1:
-                raise ConfigError(f"model.search_max_union: must be in (0, 1], got {self.search_max_union}")
-            for key in ("search_min_neurons", "search_recall_every"):
-                if getattr(self, key) < 0:
-                    raise ConfigError(f"model.{key}: must be >= 0, got {getattr(self, key)}")
-            if self.search_recall_inputs < 1:
-                raise ConfigError(f"model.search_recall_inputs: must be >= 1, got {self.search_recall_inputs}")
+        if self.topk_search == "lowrank" and (self.bias or self.output_bias):
+            raise ConfigError("model.topk_search: 'lowrank' needs a bias-free SDMLP; set model.bias and model.output_bias "
+                              "to false, or topk_search: exact")
+        # the search keys are checked whatever topk_search is: an impossible value is a mistake either way
+        if self.search_rank < 1:
+            raise ConfigError(f"model.search_rank: must be >= 1, got {self.search_rank}")
+        if self.search_candidates < 0:
+            raise ConfigError(f"model.search_candidates: must be >= 0, got {self.search_candidates}")
+        if self.search_margin is not None and not 0 <= self.search_margin < 1:
+            raise ConfigError(f"model.search_margin: must be in [0, 1) or null, got {self.search_margin}")
+        if self.search_margin is None and self.search_candidates == 0:
+            raise ConfigError("model.search_margin: null needs model.search_candidates >= 1 (else no neuron is a candidate)")
+        if not 0 < self.search_max_union <= 1:
+            raise ConfigError(f"model.search_max_union: must be in (0, 1], got {self.search_max_union}")
+        for key in ("search_min_neurons", "search_recall_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.search_recall_inputs < 1:
+            raise ConfigError(f"model.search_recall_inputs: must be >= 1, got {self.search_recall_inputs}")
 
 
 def check_topk_fields(cfg) -> None:
