@@ -365,3 +365,22 @@ def test_running_out_of_memory_mid_run_is_one_line(monkeypatch, capsys, kind):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"out of {'host' if kind == 'host' else 'GPU'} memory while running" in err
+
+
+@pytest.mark.parametrize("model", [{"name": "convmixer", "hdim": 8, "depth": 1, "patch_size": 4},
+                                   {"name": "convsdm", "hdim": 8, "depth": 1, "patch_size": 4, "neurons": 16, "k": 2}])
+def test_image_models_train_with_a_closed_form_penalty(tmp_path, model):
+    """Found by the long hypothesis profile: a plain-SGD image model with EWC crashed when the
+    engine switched row-sparse updates on a model that has none (ConvMixer) or passed the
+    all-rows flag its head needs (ConvSDM). Both train, and the penalty takes effect."""
+    cfg = tiny(tmp_path / "runs", regularizer={"name": "ewc", "lam": 10.0})
+    cfg["model"] = model
+    code, out, err = cli("run", write_config(tmp_path / "c.yaml", cfg))
+    assert code == 0, err
+    assert "Traceback" not in err
+    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")]
+    assert summary["regularizer"] == "ewc" and len(summary["final_task_accuracy"]) == 2
+
+
+def test_init_from_a_missing_file_names_the_setting(tmp_path):
+    refused(tmp_path, tiny(tmp_path / "runs", init_from="_"), expect="init_from _: checkpoint file not found")

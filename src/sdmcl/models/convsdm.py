@@ -95,9 +95,9 @@ class ConvSDM(nn.Module):
         if hasattr(self.head, "before_step"):
             self.head.before_step()
 
-    def set_row_sparse_updates(self, enabled: bool) -> None:
+    def set_row_sparse_updates(self, enabled: bool, all_rows_move: bool = False) -> None:
         if hasattr(self.head, "set_row_sparse_updates"):
-            self.head.set_row_sparse_updates(enabled)
+            self.head.set_row_sparse_updates(enabled, all_rows_move=all_rows_move)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.head.on_epoch_start(epoch)

@@ -150,7 +150,10 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
                     input_shape: tuple[int, ...] | None = None) -> tuple[torch.nn.Module, int]:
     """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept.
     Returns the model and the epochs it was trained (the position of its k schedule)."""
-    ckpt = load_checkpoint(cfg.init_from)
+    try:
+        ckpt = load_checkpoint(cfg.init_from)
+    except CheckpointError as e:  # say which setting named the file
+        raise CheckpointError(f"init_from {e}") from None
     pre = ckpt["config"]
     diffs = init_from_differences(pre.get("model", {}), cfg.to_dict()["model"])
     if diffs:
@@ -271,7 +274,8 @@ class Engine:
         # its gradient moves every row (`all_rows_move`, set per epoch below).
         reg_hooks = self.reg_active and any(getattr(type(self.regularizer), hook) is not getattr(Regularizer, hook)
                                             for hook in ("before_step", "after_step"))
-        self.row_sparse = self.plain_sgd and (not self.reg_active or (self.quadratic is not None and not reg_hooks))
+        self.row_sparse = (hasattr(self.model, "set_row_sparse_updates") and self.plain_sgd
+                           and (not self.reg_active or (self.quadratic is not None and not reg_hooks)))
         self._all_rows_move = False
         if hasattr(self.model, "set_row_sparse_updates"):
             self.model.set_row_sparse_updates(self.row_sparse)
