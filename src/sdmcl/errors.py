@@ -28,3 +28,10 @@ class OutputError(UserError):
 
 class DivergenceError(Exception):
     exit_code = 3
+
+
+def one_line(err: BaseException, limit: int = 160) -> str:
+    """'Type: message' of an exception from another library, on one line (messages are one
+    line: some libraries' own messages contain newlines) and at most `limit` characters."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdmcl.errors import DataError
+from sdmcl.errors import DataError, one_line
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def parse_batch(raw: bytes, label_key: bytes, num_classes: int, where: str) -> t
     try:
         batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as err:  # any failure to unpickle means the bytes are not a batch
-        raise DataError(f"{where}: not a readable CIFAR batch ({type(err).__name__}: {err}); {hint}") from None
+        raise DataError(f"{where}: not a readable CIFAR batch ({one_line(err)}); {hint}") from None
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise DataError(f"{where}: lacks the {b'data'!r} / {label_key!r} entries of a CIFAR batch; {hint}")
     data, labels = batch[b"data"], batch[label_key]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sdmcl.data.cifar import _BatchUnpickler as SafeUnpickler
-from sdmcl.errors import DataError
+from sdmcl.errors import DataError, one_line
 
 TRAIN_FILES = tuple(f"train_data_batch_{i}" for i in range(1, 11))
 TEST_FILES = ("val_data", "test_data")  # the release's name; the reference's
@@ -70,7 +70,7 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err}); check the file") from None
     except Exception as err:  # any failure to decode means the bytes are not a batch
-        raise DataError(f"{path}: not a readable ImageNet32 batch ({type(err).__name__}: {err}); {HINT}") from None
+        raise DataError(f"{path}: not a readable ImageNet32 batch ({one_line(err)}); {HINT}") from None
     if not isinstance(content, dict):
         raise DataError(f"{path}: holds a {type(content).__name__}, not the dict of an ImageNet32 batch; {HINT}")
     data, labels = _entry(content, "data"), _entry(content, "labels")

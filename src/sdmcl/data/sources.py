@@ -36,7 +36,7 @@ from sdmcl.data.cifar import read_members_from_archive, read_members_from_dir
 from sdmcl.data.dataset import Dataset
 from sdmcl.data.idx import parse_idx, read_idx_bytes
 from sdmcl.data import imagenet32
-from sdmcl.errors import ConfigError, DataError
+from sdmcl.errors import ConfigError, DataError, one_line
 from sdmcl.registry import DATA_SOURCES, register_data_source
 
 PIXEL_SCALES = ("unit", "raw255")
@@ -251,11 +251,6 @@ def source_info(source: str) -> DataSource:
     return DATA_SOURCES[source]
 
 
-def _one_line(err: Exception, limit: int = 160) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _verify(file: str, what: str, actual: str, expected: str, checks: list[str] | None) -> None:
     if actual != expected:
         raise DataError(
@@ -275,7 +270,7 @@ def _download(info: DataSource, folder: Path, files: list[RemoteFile]) -> None:
                 pooch.retrieve(url, known_hash=file.known_hash, fname=file.name, path=folder, progressbar=False)
                 break
             except Exception as err:  # network, HTTP, hash mismatch, disk: all end the same way for the user
-                reasons.append(_one_line(err))
+                reasons.append(one_line(err))
         else:
             names = ", ".join(f.name for f in files[i:])
             raise DataError(
@@ -435,14 +430,14 @@ def _read_file(file: Path):
             with np.load(file, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
         except Exception as err:
-            raise DataError(f"{file}: not a readable .npz file ({_one_line(err)}); save it again") from None
+            raise DataError(f"{file}: not a readable .npz file ({one_line(err)}); save it again") from None
     import torch
 
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(
-            f"{file}: not loadable as tensors ({_one_line(err)}); save it with torch.save((features, labels)) "
+            f"{file}: not loadable as tensors ({one_line(err)}); save it with torch.save((features, labels)) "
             "using only tensors"
         ) from None
 
