@@ -384,3 +384,11 @@ def test_image_models_train_with_a_closed_form_penalty(tmp_path, model):
 
 def test_init_from_a_missing_file_names_the_setting(tmp_path):
     refused(tmp_path, tiny(tmp_path / "runs", init_from="_"), expect="init_from _: checkpoint file not found")
+
+
+def test_a_line_break_in_a_name_keeps_the_error_on_one_line(tmp_path):
+    """Found by the long hypothesis profile: a variant label holding a line break split the
+    error message over two lines; it is shown escaped."""
+    cfg = tiny(tmp_path / "runs", variants={"a\nb": None})
+    err = refused(tmp_path, cfg, expect="variants.a\\nb: expected a mapping")
+    assert err.count("\n") == 1

@@ -239,7 +239,7 @@ def test_config_edited_after_the_run_is_left_out(tmp_path, capsys):
     assert main(["report", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert list(rows(out)) == ["quickstart-sdmlp"] and rows(out)["quickstart-sdmlp"][:2] == ["1", "80.0"]
-    assert f"{edited}: changed: config.yaml was edited after the run" in out
+    assert f"{edited}: changed: {edited / 'config.yaml'} does not match the config that made the results" in out
     reuse_finished(RunDir(kept), log=lambda s: None)  # unchanged: reused
-    with pytest.raises(ConfigError, match="edited after the run"):
+    with pytest.raises(ConfigError, match="was edited after the run, or summary.json damaged"):
         reuse_finished(RunDir(edited), log=lambda s: None)

@@ -326,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def one_line_message(e) -> str:
+    """An error message as one line: names the user chose (variant labels, paths) may hold
+    line breaks, shown escaped so that every error stays one line."""
+    return str(e).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
@@ -346,14 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         handler = getattr(args, "func", None) or args.handler
         return handler(args) or 0
     except UserError as e:
-        print(f"sdmcl: error: {e}", file=sys.stderr)
+        print(f"sdmcl: error: {one_line_message(e)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a path the user gave that the system refuses (too long, no permission, ...)
         where = f"{e.filename}: " if e.filename else ""
-        print(f"sdmcl: error: {where}{e.strerror or e}; check that path", file=sys.stderr)
+        print(f"sdmcl: error: {one_line_message(f'{where}{e.strerror or e}')}; check that path", file=sys.stderr)
         return 2
     except DivergenceError as e:
-        print(f"sdmcl: error: {e}", file=sys.stderr)
+        print(f"sdmcl: error: {one_line_message(e)}", file=sys.stderr)
         return e.exit_code
     except (MemoryError, torch.OutOfMemoryError) as e:  # beyond the estimate checked before the run
         device = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"

@@ -829,7 +829,7 @@ def reuse_finished(rd: RunDir, log: Callable[[str], None] = print) -> dict:
     summary = read_summary(rd)  # validated: a damaged summary.json is reported by name
     problem = config_edit_problem(rd, summary)
     if problem:
-        raise ConfigError(f"{rd.path}: {problem}")
+        raise ConfigError(problem)
     note = reuse_note(rd.path)
     rd.reused = True
     if note:

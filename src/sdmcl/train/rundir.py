@@ -316,8 +316,9 @@ def config_edit_problem(path: str | Path | RunDir, summary: dict) -> str | None:
         return str(e)
     if now == recorded:
         return None
-    return ("config.yaml was edited after the run made its results (they belong to the config it had then); "
-            "restore config.yaml, or train the edited config as a new run: sdmcl run CONFIG")
+    return (f"{rd.config_path} does not match the config that made the results in {rd.summary_path} (config.yaml "
+            "was edited after the run, or summary.json damaged): restore the file, or train the edited config as a "
+            "new run: sdmcl run CONFIG")
 
 
 def _listed(changed: list[tuple[str, Any, Any]], first: str, second: str, limit: int = 6) -> str:
