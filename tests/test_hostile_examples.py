@@ -392,3 +392,30 @@ def test_a_line_break_in_a_name_keeps_the_error_on_one_line(tmp_path):
     cfg = tiny(tmp_path / "runs", variants={"a\nb": None})
     err = refused(tmp_path, cfg, expect="variants.a\\nb: expected a mapping")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("optim, expect", [
+    ({"name": "sgd", "lr": 0.05, "weight_decay": 255}, "optim.weight_decay: lr × weight_decay = 12.75 ≥ 2"),
+    ({"name": "sgdm", "lr": 0.1, "momentum": 0.5, "weight_decay": 30}, "optim.weight_decay: lr × weight_decay = 3 ≥ 3"),
+    ({"name": "adamw", "lr": 1.0, "weight_decay": 2}, "use weight_decay < 2"),
+    ({"name": "adam", "lr": 0.001, "weight_decay": 3.402823466385289e38}, "optim.weight_decay: 3.402823466385289e+38 is beyond float32"),
+])
+def test_weight_decay_that_alone_diverges_is_refused(tmp_path, optim, expect):
+    """Found by the long hypothesis profile: a finite but absurd weight decay trained and then
+    'diverged' blaming the learning rate (or overflowed inside torch). SGD multiplies a weight
+    by (1 − lr·wd) per step: |1 − lr·wd| ≥ 1 from lr·wd = 2 on; heavy-ball momentum μ moves
+    the bound to 2(1 + μ) (here 2 × 1.5 = 3)."""
+    refused(tmp_path, tiny(tmp_path / "runs", optim=optim), expect=expect)
+
+
+def test_divergence_hint_names_the_weight_decay(tmp_path):
+    """Adam's coupled decay has no such bound; when a run diverges the hint names every knob set."""
+    from sdmcl.config import parse_config
+
+    parse_config(tiny(tmp_path / "runs", optim={"name": "adam", "lr": 0.001, "weight_decay": 1000.0}))  # allowed
+    cfg = tiny(tmp_path / "runs", optim={"name": "sgd", "lr": 1.0e30, "weight_decay": 1.0e-31, "grad_clip": None},
+               model={"name": "relu_mlp", "neurons": 8})
+    cfg["model"] = {"name": "relu_mlp", "neurons": 8}
+    code, out, err = cli("run", write_config(tmp_path / "c.yaml", cfg))
+    assert code == 3 and err.count("\n") == 1 and err.startswith("sdmcl: error: ")
+    assert "a smaller optim.lr (now 1e+30), a smaller optim.weight_decay (now 1e-31) or enable optim.grad_clip" in err

@@ -90,7 +90,7 @@ def finish_launch(report) -> int:
               + ", ".join(o.run_dir for o in skipped) + "; run the command again once they finish", file=sys.stderr)
     diverged = report.with_status("diverged")
     for o in diverged:
-        print(f"sdmcl: {o.label} (seed {o.seed}): {o.message}", file=sys.stderr)
+        print(f"sdmcl: error: {o.label} (seed {o.seed}): {one_line_message(o.message)}", file=sys.stderr)
     return 3 if diverged else 0
 
 

@@ -362,6 +362,24 @@ def parse_config(raw: dict) -> RunConfig:
     return cfg
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_decay_stability(optim: OptimConfig) -> None:
+    """Values the optimizer cannot use: above float32's range (torch turns them into inf), and
+    a weight decay that by itself makes every weight grow each step. For SGD and AdamW's
+    decoupled decay a weight is multiplied by (1 − lr·wd) per step, unstable for lr·wd ≥ 2;
+    with heavy-ball momentum μ the bound is 2(1 + μ). (Adam and RMSprop divide the decay's
+    gradient by their running scale: no such bound.)"""
+    for key in ("lr", "weight_decay"):
+        if getattr(optim, key) > FLOAT32_MAX:
+            raise ConfigError(f"optim.{key}: {getattr(optim, key)} is beyond float32's range (3.4e38)")
+    bound = {"sgd": 2.0, "adamw": 2.0, "sgdm": 2.0 * (1 + optim.momentum)}.get(optim.name)
+    if bound is not None and optim.lr * optim.weight_decay >= bound:
+        raise ConfigError(f"optim.weight_decay: lr × weight_decay = {optim.lr * optim.weight_decay:g} ≥ {bound:g}: the decay alone "
+                          f"makes every weight grow each step and the run would diverge; use weight_decay < {bound / optim.lr:g}")
+
+
 def check(cfg: RunConfig) -> None:
     """Checks of values and combinations that no single field's type catches."""
     positive = [("train.epochs_per_task", cfg.train.epochs_per_task), ("train.batch_size", cfg.train.batch_size),
@@ -386,6 +404,7 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.weight_decay: must be >= 0, got {cfg.optim.weight_decay}")
     if not 0 <= cfg.optim.momentum < 1:
         raise ConfigError(f"optim.momentum: must be in [0, 1), got {cfg.optim.momentum}")
+    check_decay_stability(cfg.optim)
     check_schedule(cfg)
     check_augment(cfg.augment)
     order = cfg.benchmark.class_order

@@ -578,9 +578,14 @@ class Engine:
 
     def diverged(self, task: Task, epoch_in_task: int, step: int | None, what: str):
         where = f"task {task.index} ({task.name}), epoch {epoch_in_task + 1}" + (f", step {step}" if step is not None else "")
+        optim = self.cfg.optim
+        tries = [f"a smaller optim.lr (now {optim.lr})"]
+        if optim.weight_decay:
+            tries.append(f"a smaller optim.weight_decay (now {optim.weight_decay})")
+        tries.append("enable optim.grad_clip" if optim.grad_clip is None else f"a smaller optim.grad_clip (now {optim.grad_clip})")
         raise DivergenceError(
             f"training diverged: {what} became non-finite at {where}; the last good checkpoint is kept. "
-            f"Try a smaller optim.lr (now {self.cfg.optim.lr}) or enable optim.grad_clip"
+            f"Try {', '.join(tries[:-1])} or {tries[-1]}"
         )
 
     def handle_signal(self, signum, frame):
