@@ -419,3 +419,12 @@ def test_divergence_hint_names_the_weight_decay(tmp_path):
     code, out, err = cli("run", write_config(tmp_path / "c.yaml", cfg))
     assert code == 3 and err.count("\n") == 1 and err.startswith("sdmcl: error: ")
     assert "a smaller optim.lr (now 1e+30), a smaller optim.weight_decay (now 1e-31) or enable optim.grad_clip" in err
+
+
+def test_a_huge_penalty_strength_diverges_by_name(tmp_path):
+    """Found by the long hypothesis profile: L2 with lam 1e300 overflowed inside torch (the
+    closed-form penalty's scalar factor); now the penalty is inf and the run stops as diverged."""
+    cfg = tiny(tmp_path / "runs", regularizer={"name": "l2", "lam": 1e300})
+    cfg["model"] = {"name": "relu_mlp", "neurons": 8}
+    code, out, err = cli("run", write_config(tmp_path / "c.yaml", cfg))
+    assert code == 3 and err.count("\n") == 1 and err.startswith("sdmcl: error: ") and "training diverged" in err, err

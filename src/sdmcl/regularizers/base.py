@@ -21,6 +21,7 @@ are not quadratic, and by the tests as the reference).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -177,7 +178,12 @@ class QuadraticPenalty:
             else:
                 m = b / a if a else torch.zeros_like(b)
                 const -= float(a) * float((m.double() ** 2).sum())
-            self._a.append(2 * lam * a if isinstance(a, torch.Tensor) else float(2 * lam * a))
+            if isinstance(a, torch.Tensor):
+                self._a.append(2 * lam * a)
+            elif abs(2 * lam * a) <= torch.finfo(b.dtype).max:
+                self._a.append(float(2 * lam * a))
+            else:  # torch refuses a scalar beyond the tensors' range; as a tensor it is inf, and the run diverges by name
+                self._a.append(torch.full_like(b, math.inf if 2 * lam * a > 0 else -math.inf))
             self._b.append(b.mul(-2 * lam))
             self._m.append(m)
             self._buffers.append(None)
