@@ -19,11 +19,11 @@ import importlib.util
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from paired import alternate_epochs  # benchmarks/paired.py, beside this script
 from sdmcl.config import parse_config
 from sdmcl.train import engine as this
 from sdmcl.train.rundir import RunDir
@@ -52,13 +52,7 @@ def main() -> None:
         engine = module.Engine(prepared, RunDir(tmp / name), progress=False, log=lambda s: None)
         this.call_hook(engine.model, "apply_constraints")
         engines[name] = engine
-    times: dict[str, list[float]] = {"other": [], "this": []}
-    for epoch in range(args.epochs):
-        for name in ("other", "this") if epoch % 2 == 0 else ("this", "other"):
-            engine = engines[name]
-            t = time.perf_counter()
-            engine.train_epoch(engine.tasks[0], epoch)
-            times[name].append(time.perf_counter() - t)
+    times = alternate_epochs({"other": engines["other"], "this": engines["this"]}, args.epochs)
     ratios = [b / a for a, b in zip(times["other"][1:], times["this"][1:])]
     a, b = engines["other"].model.state_dict(), engines["this"].model.state_dict()
     print(f"median s/epoch: other {statistics.median(times['other'][1:]):.3f}, this {statistics.median(times['this'][1:]):.3f}; "

@@ -26,10 +26,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from paired import alternate_epochs  # benchmarks/paired.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,13 +84,7 @@ def main() -> None:
         section, field = key.split(".", 1)
         raw.setdefault(section, {})[field] = packages["this"].config.parse_override(item)[1]
     engines = {name: build(pkg, raw, tmp, name) for name, pkg in packages.items()}
-    times: dict[str, list[float]] = {"other": [], "this": []}
-    for epoch in range(args.epochs):
-        for name in ("other", "this") if epoch % 2 == 0 else ("this", "other"):
-            engine = engines[name]
-            t = time.perf_counter()
-            engine.train_epoch(engine.tasks[0], epoch)
-            times[name].append(time.perf_counter() - t)
+    times = alternate_epochs({"other": engines["other"], "this": engines["this"]}, args.epochs)
     other, this = times["other"][1:], times["this"][1:]
     same = all(torch.equal(a, b) for a, b in zip(engines["other"].model.state_dict().values(),
                                                    engines["this"].model.state_dict().values()))
