@@ -303,6 +303,8 @@ def group_runs(runs: list[Run], over: tuple[str, ...] = DEFAULT_OVER) -> tuple[l
     for run, ident in zip(runs, identities):
         if run.summary.get("data_content"):  # the content of the user's data files stands in for data.path
             ident["data.content"] = run.summary["data_content"]
+        if isinstance(run.summary.get("init_from_content"), str):  # and the checkpoint's content for init_from's path
+            ident["init_from"] = "sha256:" + run.summary["init_from_content"]
     known = set().union(*identities) if identities else set()
     for key in over:
         if identities and key not in known:

@@ -69,15 +69,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         pass  # reported below
     except OSError as e:  # too long a name, no permission, a loop of links
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); give the path of a checkpoint or a run directory") from None
-    if p.is_dir():
-        for candidate in (p / "model.pt", p / "checkpoints" / "last.pt"):
-            if candidate.is_file():
-                p = candidate
-                break
-        else:
-            raise CheckpointError(f"{path}: no model.pt or checkpoints/last.pt in this directory; point to a checkpoint file or a finished run")
-    if not p.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    p = checkpoint_file(path)
     fix = "it is truncated, damaged or not an sdmcl checkpoint — delete it or use an earlier one"
     damaged = _damaged_record(p)
     if damaged:
@@ -91,6 +83,55 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if problem:
         raise CheckpointError(f"{p}: not a valid sdmcl checkpoint (format {FORMAT}): {problem}; {fix}")
     return ckpt
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a checkpoint path names: the file itself, or a run directory's model.pt
+    (else its checkpoints/last.pt)."""
+    p = Path(path)
+    if p.is_dir():
+        for candidate in (p / "model.pt", p / "checkpoints" / "last.pt"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: no model.pt or checkpoints/last.pt in this directory; point to a checkpoint file or a finished run")
+    if not p.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return p
+
+
+_content_memo: dict[str, str] = {}
+
+
+def weights_content_id(ckpt: dict) -> str:
+    """sha256 (16 hex digits) of what a model checkpoint holds for a run that starts from it:
+    every tensor of its state (name, dtype, shape, bytes) and the epochs it was trained (the
+    position of its k schedule). Not the file's bytes: the same weights saved by runs that
+    differ only in where they wrote their outputs are the same start."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(ckpt["model"]):
+        t = ckpt["model"][name].detach().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(f"epochs_trained|{ckpt.get('epochs_trained', 0)}".encode())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_content_id(path: str | Path) -> str | None:
+    """`weights_content_id` of the checkpoint `path` names (a run directory: its model.pt);
+    None when there is none or it cannot be read. What a run started from (`init_from`): its
+    path may stay the same while the file is replaced (a pretraining run trained again), or
+    move. Remembered per file (real path, size, mtime, inode) for the process."""
+    try:
+        file = checkpoint_file(path)
+        st = file.stat()
+        key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        if key not in _content_memo:
+            _content_memo[key] = weights_content_id(load_checkpoint(file))
+        return _content_memo[key]
+    except (CheckpointError, OSError):
+        return None
 
 
 def _damaged_record(path: Path) -> str | None:
@@ -172,6 +213,8 @@ def checkpoint_problem(ckpt) -> str | None:
         warnings = pos.get("warnings", [])
         if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
             return "position.warnings is not a list of lines"
+        if not isinstance(pos.get("init_from_content"), (str, type(None))):
+            return "position.init_from_content is not a hash"
         for key in ("optimizer", "regularizer", "callbacks", "grad_scaler"):
             if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
                 return f"{key} state is a {type(ckpt[key]).__name__}, not a mapping"

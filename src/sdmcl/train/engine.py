@@ -56,18 +56,18 @@ from sdmcl.config import RunConfig, config_id
 from sdmcl.data.augment import build_augmenter
 from sdmcl.data.benchmarks import Task, hold_out_validation, make_tasks
 from sdmcl.data.fingerprint import content_id as data_content_id
-from sdmcl.errors import CheckpointError, ConfigError, DataError, DivergenceError, OutputError
+from sdmcl.errors import CheckpointError, ConfigError, DataError, DivergenceError, OutputError, UserError
 from sdmcl.models.topk import counts_reference_passes, reference_counting_passes
 from sdmcl.registry import REGULARIZERS
 from sdmcl.registry import build_model as build_registered_model
 from sdmcl.regularizers.base import QuadraticPenalty, Regularizer
 from sdmcl.train.callbacks import build_callbacks, overrides
-from sdmcl.train.checkpoint import config_differences, load_checkpoint, load_weights, save_checkpoint
+from sdmcl.train.checkpoint import checkpoint_content_id, config_differences, load_checkpoint, load_weights, save_checkpoint
 from sdmcl.train.evaluate import Evaluator
 from sdmcl.train.optim import build_optimizer, build_schedule, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
 from sdmcl.train.precision import build_mixed_precision
-from sdmcl.train.rundir import (RunDir, RunLocked, config_edit_problem, evaluation_problem, read_resume_checkpoint, read_summary,
-                                 run_dir_for)
+from sdmcl.train.rundir import (RunDir, RunLocked, config_edit_problem, evaluation_problem, read_resume_checkpoint, read_run_config,
+                                 read_summary, run_dir_for)
 
 
 def derived_seed(*parts) -> int:
@@ -191,6 +191,7 @@ class RunState:
     R_task_aware: list[list[float]] = field(default_factory=list)
     train_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)  # one line each, as printed; summary.json lists them
+    init_from_content: str | None = None  # hash of the checkpoint the run started from (init_from)
 
 
 class FaultInjector:
@@ -254,6 +255,9 @@ class Engine:
             self.model, pretrained_epochs = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device,
                                                                prepared.input_shape)
             self.epoch_offset = 0 if cfg.train.restart_k_schedule else pretrained_epochs
+            # the checkpoint's content, not its path, is what the run started from: recorded in the
+            # training position and the summary, and checked on resume and reuse
+            self.init_from_content = checkpoint_content_id(cfg.init_from)
         else:
             self.model = build_model(cfg, prepared.input_dim, prepared.num_classes, prepared.input_shape).to(self.device)
         self.reference_counting = counts_reference_passes(self.model)
@@ -283,7 +287,7 @@ class Engine:
         self.augment = build_augmenter(cfg.augment, prepared.input_shape)
         self.schedule = build_schedule(cfg.optim, cfg.train.epochs_per_task, len(self.tasks)) if self.optimizer else None
         self.amp = build_mixed_precision(cfg.train.precision, self.device, self.model)
-        self.state = RunState()
+        self.state = RunState(init_from_content=getattr(self, "init_from_content", None))
         # train/stacked.py: when set, this run's training epochs are trained by it, together
         # with other runs' (everything else stays this engine's)
         self.epoch_trainer: Callable | None = None
@@ -354,6 +358,21 @@ class Engine:
         problem = self.state_shape_problem()
         if problem:
             raise CheckpointError(f"{where}: does not fit this run ({problem}); delete it to start over")
+        problem = self.init_from_problem(ckpt["position"])
+        if problem:
+            raise CheckpointError(f"{where}: {problem}")
+        if self.state.init_from_content is None:  # (a checkpoint written before sdmcl recorded it)
+            self.state.init_from_content = getattr(self, "init_from_content", None)
+
+    def init_from_problem(self, position: dict) -> str | None:
+        """Why a checkpoint's run cannot go on from here: the `init_from` file it started from
+        was replaced since (resuming would mix two starting models)."""
+        started, now = position.get("init_from_content"), getattr(self, "init_from_content", None)
+        if not self.cfg.init_from or started is None or now == started:
+            return None
+        return (f"this run started from init_from {self.cfg.init_from} as it was then (content {started}), and that file "
+                f"has changed since ({'now ' + now if now else 'now missing'}); resuming would mix two starting models. "
+                f"Train it again from the start: sdmcl run {self.run_dir.config_path} --rerun")
 
     def position_problem(self, pos: dict) -> str | None:
         """Whether a checkpoint's training position is one this run can reach."""
@@ -734,6 +753,8 @@ class Engine:
         content = data_content_id(self.cfg.data.source, self.cfg.data.path, self.cfg.data.data_dir)
         if content is not None:
             summary["data_content"] = content  # stands in for data.path in the stamp
+        if st.init_from_content is not None:
+            summary["init_from_content"] = st.init_from_content  # stands in for init_from's path in tables
         save_checkpoint(rd.model_path, self.checkpoint_payload(full=False))
         rd.write_matrix(R.tolist(), self.task_labels)
         if self.cfg.output.plots:
@@ -802,6 +823,9 @@ def run(cfg: RunConfig, resume: bool | None = None, progress: bool = True, log: 
             if rerun:
                 rd.clear_results()
             checkpoint = read_resume_checkpoint(rd, cfg, map_location=prepared.device) if rd.has_checkpoint() else None
+            problem = engine.init_from_problem(checkpoint["position"]) if checkpoint is not None else None
+            if problem:  # before anything in the run directory is written
+                raise CheckpointError(f"{rd.checkpoint_path}: {problem}")
             rd.create(cfg)
             fresh = checkpoint is None
             if fresh:
@@ -832,7 +856,7 @@ def reuse_finished(rd: RunDir, log: Callable[[str], None] = print) -> dict:
     from sdmcl.provenance import reuse_note
 
     summary = read_summary(rd)  # validated: a damaged summary.json is reported by name
-    problem = config_edit_problem(rd, summary)
+    problem = config_edit_problem(rd, summary) or init_from_change_problem(rd, summary)
     if problem:
         raise ConfigError(problem)
     note = reuse_note(rd.path)
@@ -842,3 +866,25 @@ def reuse_finished(rd: RunDir, log: Callable[[str], None] = print) -> dict:
     else:
         log(f"{rd.path}: already finished; its summary is reused (add --rerun to train it again)")
     return summary
+
+
+def init_from_change_problem(rd: RunDir, summary: dict) -> str | None:
+    """Why a finished run's results are not what its config would give now: the checkpoint
+    its `init_from` names was replaced since the run started from it (same path, other
+    content). None when unchanged, when the file is gone (nothing to compare: the results
+    stand for the content recorded), or for summaries written before this was recorded."""
+    started = summary.get("init_from_content")
+    if started is None:
+        return None
+    try:
+        cfg = read_run_config(rd)
+    except UserError as e:
+        return str(e)
+    if not cfg.init_from:
+        return None
+    now = checkpoint_content_id(cfg.init_from)
+    if now is None or now == started:
+        return None
+    return (f"{rd.path}: trained from init_from {cfg.init_from} as it was then (content {started}); that file has changed "
+            f"since (now {now}), so these results are not from it. Train the run again from the current file: "
+            f"sdmcl run {rd.config_path} --rerun (replaces its results; move the directory away first to keep them)")

@@ -184,7 +184,8 @@ SUMMARY_FIELDS = {
     "seconds_per_epoch": (lambda v: _number(v, 0), "a finite number >= 0"),
 }
 SUMMARY_OPTIONAL = {
-    **{key: (lambda v: isinstance(v, str), "text") for key in ("name", "stamp", "config_id", "model", "regularizer", "dataset", "data_content")},
+    **{key: (lambda v: isinstance(v, str), "text") for key in ("name", "stamp", "config_id", "model", "regularizer", "dataset", "data_content",
+                                                                  "init_from_content")},
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "epochs": (_count, "an integer >= 0"),
     "steps": (_count, "an integer >= 0"),
