@@ -39,7 +39,10 @@ When the layer falls back to the exact path (every such step is exact):
 - the union of candidates exceeds `search_max_union`·n (the GABA switch phase, where
   every neuron is excited, a k schedule whose k is still large, or a batch for which the
   exact layer is not sparse); the next 8 training steps then take the exact path without
-  computing the prescreen.
+  computing the prescreen (16, 32, then 64 steps after such batches in a row; back to 8
+  after a batch that fits, and at every epoch start), and the index is dropped until the
+  next attempt rebuilds it (refreshing it row by row on exact steps cost more than the
+  attempts: measured in `benchmarks/gaba_union.py`).
 These rules depend on the data and weights only, so runs stay reproducible and resumable
 bit for bit; no timing decides.
 
@@ -72,6 +75,7 @@ class LowRankSearch(nn.Module):
         self.margin, self.candidates = margin, min(candidates, neurons)
         self.max_union, self.min_neurons, self.retry_after = max_union, min_neurons, retry_after
         self._skip = 0  # training steps left on the exact path after a batch with too many candidates
+        self._failures = 0  # such batches in a row (the wait before the next attempt doubles with each)
         self.recall_every, self.recall_inputs = recall_every, recall_inputs
         self.register_buffer("second_moment", torch.zeros(input_dim, input_dim, dtype=torch.float64))
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.int64))
@@ -120,6 +124,7 @@ class LowRankSearch(nn.Module):
         self.index = None
         self.steps = 0
         self._skip = 0
+        self._failures = 0
 
     # ------------------------------------------------------------ candidates
 
@@ -136,6 +141,8 @@ class LowRankSearch(nn.Module):
         if g is not None:
             excited = g <= 0  # active wherever their score is > 0: candidates of every input
             if int(excited.sum()) > n * self.max_union:  # the GABA switch phase
+                if self.training:
+                    self.index = None  # (no row refresh on these exact steps)
                 return None
         if self.index is None or self._index_version != weight._version:
             self.rebuild(weight)
@@ -168,8 +175,15 @@ class LowRankSearch(nn.Module):
         cols = keep.nonzero().squeeze(1)
         if not k + 1 <= len(cols) <= n * self.max_union:
             if self.training:
-                self._skip = self.retry_after
+                # wait 8, 16, 32, then 64 steps before trying again, and drop the index meanwhile:
+                # exact steps then skip its row refresh (re-projecting hundreds to thousands of
+                # changed rows a step), and the next attempt rebuilds it once
+                self._skip = self.retry_after << min(self._failures, 3)
+                self._failures += 1
+                self.index = None
             return None
+        if self.training:
+            self._failures = 0
         return cols
 
     def note_step(self, approximate: bool, union: int = 0) -> None:
