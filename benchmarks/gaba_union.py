@@ -190,6 +190,10 @@ def main() -> None:
                 print(f"| task {row['task']} | {row['active']:.0f} | {row['candidates']:.0f} | {row['exact_v']:.0f}, "
                       f"{row['exact_v_recall']:.3f} | {row['spread']:.3f} | {row['near']:.0f} |")
             print()
+        unions = [s["union"] for s in rec.steps]
+        print(f"union of active neurons over all {len(unions)} steps: mean {statistics.mean(unions):.3f}; "
+              f"steps with a union of 10% or more {sum(u >= 0.1 for u in unions) / len(unions):.1%}, "
+              f"20% or more {sum(u >= 0.2 for u in unions) / len(unions):.1%}\n")
         approx = rec.steps and any(s["candidates"] is not None for s in rec.steps)
         print("| epoch | task | s/epoch | union of active neurons per batch (median) | active per input (mean) | mean g | share g = 1 |"
               + (" candidates per batch (median share) |" if approx else ""))
