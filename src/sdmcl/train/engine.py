@@ -62,7 +62,8 @@ from sdmcl.registry import REGULARIZERS
 from sdmcl.registry import build_model as build_registered_model
 from sdmcl.regularizers.base import QuadraticPenalty, Regularizer
 from sdmcl.train.callbacks import build_callbacks, overrides
-from sdmcl.train.checkpoint import checkpoint_content_id, config_differences, load_checkpoint, load_weights, save_checkpoint
+from sdmcl.train.checkpoint import (checkpoint_content_id, config_differences, load_checkpoint, load_weights, save_checkpoint,
+                                    weights_content_id)
 from sdmcl.train.evaluate import Evaluator
 from sdmcl.train.optim import build_optimizer, build_schedule, clip_coefficient, plain_sgd, plain_sgd_step_, scale_gradients_
 from sdmcl.train.precision import build_mixed_precision
@@ -147,9 +148,10 @@ def checkpoint_epochs(ckpt: dict) -> int:
 
 
 def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
-                    input_shape: tuple[int, ...] | None = None) -> tuple[torch.nn.Module, int]:
+                    input_shape: tuple[int, ...] | None = None) -> tuple[torch.nn.Module, int, str]:
     """Table 1 protocol: the pretrained network, a fresh output head, GABA counters kept.
-    Returns the model and the epochs it was trained (the position of its k schedule)."""
+    Returns the model, the epochs it was trained (the position of its k schedule) and the
+    checkpoint's content id (`weights_content_id`)."""
     try:
         ckpt = load_checkpoint(cfg.init_from)
     except CheckpointError as e:  # say which setting named the file
@@ -175,7 +177,7 @@ def load_pretrained(cfg: RunConfig, input_dim: int, num_classes: int, device,
         msg = " ".join(str(e).split())[:160] or type(e).__name__
         raise CheckpointError(f"init_from {cfg.init_from}: weights do not fit the model ({msg})") from None
     model.reset_head(num_classes)
-    return model.to(device), checkpoint_epochs(ckpt)
+    return model.to(device), checkpoint_epochs(ckpt), weights_content_id(ckpt)
 
 
 @dataclass
@@ -251,13 +253,13 @@ class Engine:
         # epochs the model was trained before this run: the k schedule continues from there
         # (as the reference's combine_params.py did), unless train.restart_k_schedule
         self.epoch_offset = 0
+        # the pretrained checkpoint's content, not its path, is what the run started from:
+        # recorded in the training position and the summary, and checked on resume and reuse
+        self.init_from_content: str | None = None
         if cfg.init_from:
-            self.model, pretrained_epochs = load_pretrained(cfg, prepared.input_dim, prepared.num_classes, self.device,
-                                                               prepared.input_shape)
+            self.model, pretrained_epochs, self.init_from_content = load_pretrained(
+                cfg, prepared.input_dim, prepared.num_classes, self.device, prepared.input_shape)
             self.epoch_offset = 0 if cfg.train.restart_k_schedule else pretrained_epochs
-            # the checkpoint's content, not its path, is what the run started from: recorded in the
-            # training position and the summary, and checked on resume and reuse
-            self.init_from_content = checkpoint_content_id(cfg.init_from)
         else:
             self.model = build_model(cfg, prepared.input_dim, prepared.num_classes, prepared.input_shape).to(self.device)
         self.reference_counting = counts_reference_passes(self.model)
@@ -287,7 +289,7 @@ class Engine:
         self.augment = build_augmenter(cfg.augment, prepared.input_shape)
         self.schedule = build_schedule(cfg.optim, cfg.train.epochs_per_task, len(self.tasks)) if self.optimizer else None
         self.amp = build_mixed_precision(cfg.train.precision, self.device, self.model)
-        self.state = RunState(init_from_content=getattr(self, "init_from_content", None))
+        self.state = RunState(init_from_content=self.init_from_content)
         # train/stacked.py: when set, this run's training epochs are trained by it, together
         # with other runs' (everything else stays this engine's)
         self.epoch_trainer: Callable | None = None
@@ -362,12 +364,12 @@ class Engine:
         if problem:
             raise CheckpointError(f"{where}: {problem}")
         if self.state.init_from_content is None:  # (a checkpoint written before sdmcl recorded it)
-            self.state.init_from_content = getattr(self, "init_from_content", None)
+            self.state.init_from_content = self.init_from_content
 
     def init_from_problem(self, position: dict) -> str | None:
         """Why a checkpoint's run cannot go on from here: the `init_from` file it started from
         was replaced since (resuming would mix two starting models)."""
-        started, now = position.get("init_from_content"), getattr(self, "init_from_content", None)
+        started, now = position.get("init_from_content"), self.init_from_content
         if not self.cfg.init_from or started is None or now == started:
             return None
         return (f"this run started from init_from {self.cfg.init_from} as it was then (content {started}), and that file "
