@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import multiprocessing as mp
 import re
 from pathlib import Path
 
@@ -81,3 +82,26 @@ def assert_clean_outcome(code: int, out: str, err: str, summaries_before: set[Pa
     assert len(lines) == 1 and lines[0].startswith("sdmcl: error: "), err
     assert NAMES.search(lines[0]), f"the message names no key or file: {lines[0]}"
     assert summaries_after == summaries_before, "a failed run left a summary.json"
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(rd, inside=None):
+    """A forked process takes `rd`'s lock (then calls `inside()`, e.g. to create the run
+    directory) and holds it until the block ends; yields that process's pid."""
+    ready, release = mp.Event(), mp.Event()
+
+    def hold():
+        with rd.locked():
+            if inside is not None:
+                inside()
+            ready.set()
+            release.wait(30)
+
+    holder = mp.get_context("fork").Process(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(30)
+        yield holder.pid
+    finally:
+        release.set()
+        holder.join()

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from hostile_common import lock_held_elsewhere
 from sdmcl.cli import main
 
 BASE = {
@@ -164,32 +165,16 @@ def test_run_directory_in_use(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg_dict))
     rd = RunDir(run_dir_for(parse_config(cfg_dict)))
-    import multiprocessing as mp
-
-    ready, release = mp.Event(), mp.Event()
-
-    def hold():
-        with rd.locked():
-            rd.create(parse_config(cfg_dict))
-            ready.set()
-            release.wait(30)
-
-    holder = mp.get_context("fork").Process(target=hold)
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with lock_held_elsewhere(rd, inside=lambda: rd.create(parse_config(cfg_dict))) as pid:
         # a launcher skips a run another process is training, with a note ...
         assert main(["run", str(path)]) == 0
         captured = capsys.readouterr()
-        assert f"skipped, in use by process {holder.pid}" in captured.out and "1 run(s) skipped" in captured.err
+        assert f"skipped, in use by process {pid}" in captured.out and "1 run(s) skipped" in captured.err
         assert not rd.is_finished()
         # ... and resuming that very directory is an error
         assert main(["run", "--resume", str(rd.path)]) == 2
         err = capsys.readouterr().err
-        assert f"in use by process {holder.pid}" in err and err.count("\n") == 1
-    finally:
-        release.set()
-        holder.join()
+        assert f"in use by process {pid}" in err and err.count("\n") == 1
     assert main(["run", str(path)]) == 0  # the lock is released with its holder
 
 

@@ -2,13 +2,12 @@
 or (for inputs that are fine) a finished run. Nothing half-written, no earlier result changed."""
 
 import json
-import multiprocessing as mp
 import shutil
 
 import pytest
 import torch
 
-from hostile_common import assert_clean_outcome, cli, snapshot, summaries, tiny, write_config
+from hostile_common import assert_clean_outcome, cli, lock_held_elsewhere, snapshot, summaries, tiny, write_config
 
 
 def refused(tmp_path, text_or_cfg, *extra, expect):
@@ -196,25 +195,12 @@ def test_resume_of_a_locked_run_names_the_holder(stopped_run):
     from sdmcl.train.rundir import RunDir
 
     path, run_dir = stopped_run
-    ready, release = mp.Event(), mp.Event()
-
-    def hold():
-        with RunDir(run_dir).locked():
-            ready.set()
-            release.wait(30)
-
-    holder = mp.get_context("fork").Process(target=hold)
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with lock_held_elsewhere(RunDir(run_dir)) as pid:
         code, out, err = cli("run", "--resume", run_dir)
-        assert code == 2 and f"in use by process {holder.pid}" in err and err.count("\n") == 1, err
+        assert code == 2 and f"in use by process {pid}" in err and err.count("\n") == 1, err
         # the same config run again is left to the process that holds it (several launchers may share runs)
         code, out, err = cli("run", path)
         assert code == 0 and "skipped, in use by other processes" in err and "Traceback" not in err, err
-    finally:
-        release.set()
-        holder.join()
 
 
 def test_resume_of_a_run_without_checkpoint_names_the_directory(tmp_path):
